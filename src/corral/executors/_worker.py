@@ -1,0 +1,138 @@
+"""The worker process of the process pool. Run as `python -m corral.executors._worker`.
+
+Frames on the pipes are a 4-byte big-endian length and a pickle. The parent writes
+`(seq, key, module, qualname, pickled_fn, kwargs, is_async)`; the worker answers
+`(seq, OK, value)`, `(seq, RAISED, pickled_exc, type_name, message, traceback)` or
+`(seq, UNPICKLABLE, type_name, message)`. At start it sends `(0, READY, pid)`.
+
+The protocol owns the worker's original stdin and stdout; the tool's own `print` goes to stderr,
+so a chatty tool cannot corrupt a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+READY, OK, RAISED, UNPICKLABLE = 0, 1, 2, 3
+HEADER = struct.Struct(">I")
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    chunks: list[bytes] = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _send(fd: int, message: tuple[Any, ...]) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, HEADER.pack(len(payload)) + payload)
+
+
+def _resolve(
+    cache: dict[str, Callable[..., Any]],
+    key: str,
+    module: str | None,
+    qualname: str | None,
+    pickled: bytes | None,
+) -> Callable[..., Any]:
+    fn = cache.get(key)
+    if fn is None:
+        if pickled is not None:
+            fn = pickle.loads(pickled)
+        else:
+            assert module is not None
+            assert qualname is not None
+            from corral.executors.base import resolve_import
+
+            fn = resolve_import(module, qualname)
+        cache[key] = fn
+    return fn
+
+
+def _answer(seq: int, value: Any) -> bytes:
+    try:
+        payload = pickle.dumps((seq, OK, value), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        payload = pickle.dumps(
+            (
+                seq,
+                UNPICKLABLE,
+                type(value).__qualname__,
+                f"the result of type {type(value).__qualname__} cannot be pickled: {exc}",
+            )
+        )
+    return HEADER.pack(len(payload)) + payload
+
+
+def _failure(seq: int, exc: BaseException) -> bytes:
+    pickled: bytes | None
+    try:
+        pickled = pickle.dumps(exc)
+        pickle.loads(pickled)
+    except Exception:
+        pickled = None
+    tb = "".join(traceback.format_exception(exc))
+    payload = pickle.dumps((seq, RAISED, pickled, type(exc).__name__, str(exc), tb))
+    return HEADER.pack(len(payload)) + payload
+
+
+def main() -> None:
+    """Serve calls until the parent closes the pipe."""
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    cache: dict[str, Callable[..., Any]] = {}
+    loop: asyncio.AbstractEventLoop | None = None
+    _send(proto_out, (0, READY, os.getpid()))
+    while True:
+        try:
+            (size,) = HEADER.unpack(_read_exactly(proto_in, HEADER.size))
+            seq, key, module, qualname, pickled, kwargs, is_async = pickle.loads(
+                _read_exactly(proto_in, size)
+            )
+        except EOFError:
+            break
+        try:
+            fn = _resolve(cache, key, module, qualname, pickled)
+            if is_async:
+                if loop is None:
+                    loop = asyncio.new_event_loop()
+                value = loop.run_until_complete(fn(**kwargs))
+            else:
+                value = fn(**kwargs)
+            frame = _answer(seq, value)
+        except BaseException as exc:
+            frame = _failure(seq, exc)
+        try:
+            _write_all(proto_out, frame)
+        except BrokenPipeError:  # the parent is gone
+            break
+    if loop is not None:
+        loop.close()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

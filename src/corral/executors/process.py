@@ -1,0 +1,383 @@
+"""Run calls in a warm pool of crash-isolated worker processes.
+
+Written by hand: `concurrent.futures.ProcessPoolExecutor` marks the whole pool broken when one
+worker dies and cannot stop one running call, and corral needs both per call: a crash turns only
+its own call into an error, and a timeout or cancellation kills the worker running it so the work
+really stops. Each worker is an asyncio subprocess; frames travel on its pipes and results arrive
+through the protocol's callback, with no thread per worker and no polling.
+
+A worker runs one call at a time. It imports a tool by its module path the first time it needs it
+(closures and `__main__` functions are sent once by value and cached), so a call's frame carries
+only its arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from corral.errors import UsageError, WorkerDied
+from corral.executors._worker import HEADER, OK, RAISED, READY, UNPICKLABLE
+from corral.executors.base import ExecutorStatistics, FunctionRef, Job, State, ensure_open
+
+__all__ = ["ProcessExecutor", "UnpicklableResult"]
+
+logger = logging.getLogger(__name__)
+
+
+class UnpicklableResult(Exception):
+    """The value a process call returned cannot be pickled back to the parent."""
+
+
+class RemoteError(Exception):
+    """A tool in a worker raised an exception that cannot be rebuilt in the parent.
+
+    `remote_type` is the original exception's type name.
+    """
+
+    def __init__(self, remote_type: str, message: str) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+
+
+class _Protocol(asyncio.SubprocessProtocol):
+    def __init__(self) -> None:
+        self.worker: _Worker | None = None
+        self._buffer = bytearray()
+        self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            end = HEADER.size + size
+            if len(buffer) < end:
+                return
+            message = pickle.loads(memoryview(buffer)[HEADER.size : end])
+            del buffer[:end]
+            if self.worker is not None:
+                self.worker.on_message(message)
+
+    def process_exited(self) -> None:
+        if self.worker is not None:
+            self.worker.on_exit()
+
+
+class _Worker:
+    __slots__ = ("call", "loaded", "on_idle_exit", "pid", "protocol", "ready", "seq", "transport")
+
+    def __init__(
+        self,
+        transport: asyncio.SubprocessTransport,
+        protocol: _Protocol,
+        on_idle_exit: Callable[[_Worker], None],
+    ) -> None:
+        self.on_idle_exit = on_idle_exit
+        self.transport = transport
+        self.protocol = protocol
+        self.pid: int = transport.get_pid()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.call: tuple[int, asyncio.Future[Any], str] | None = None
+        self.loaded: set[str] = set()
+        self.seq = 0
+        protocol.worker = self
+
+    @property
+    def alive(self) -> bool:
+        return not self.protocol.exited.done()
+
+    def send(self, job: Job, ref: FunctionRef, tool: str) -> asyncio.Future[Any]:
+        self.seq += 1
+        fresh = ref.key not in self.loaded
+        frame = pickle.dumps(
+            (
+                self.seq,
+                ref.key,
+                ref.module,
+                ref.qualname,
+                ref.pickled if fresh else None,
+                dict(job.kwargs),
+                job.is_async,
+            ),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stdin = self.transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        stdin.write(HEADER.pack(len(frame)) + frame)
+        self.loaded.add(ref.key)
+        self.call = (self.seq, future, tool)
+        return future
+
+    def on_message(self, message: tuple[Any, ...]) -> None:
+        seq, kind = message[0], message[1]
+        if kind == READY:
+            if not self.ready.done():
+                self.ready.set_result(None)
+            return
+        call = self.call
+        if call is None or call[0] != seq or call[1].done():
+            return
+        self.call = None
+        future = call[1]
+        if kind == OK:
+            future.set_result(message[2])
+        elif kind == RAISED:
+            future.set_exception(_rebuild(message[2], message[3], message[4]))
+        elif kind == UNPICKLABLE:
+            future.set_exception(UnpicklableResult(message[3]))
+
+    def on_exit(self) -> None:
+        code = self.transport.get_returncode()
+        if not self.protocol.exited.done():
+            self.protocol.exited.set_result(code)
+        if not self.ready.done():
+            self.ready.set_exception(WorkerDied(f"worker process {self.pid} exited at start-up"))
+        call, self.call = self.call, None
+        if call is not None and not call[1].done():
+            call[1].set_exception(
+                WorkerDied(
+                    f"worker process died ({_describe_exit(code)}) while running tool {call[2]!r}"
+                )
+            )
+        elif self.ready.done():
+            self.on_idle_exit(self)
+        self.transport.close()
+
+    def kill(self) -> None:
+        if self.alive:
+            try:
+                self.transport.kill()
+            except ProcessLookupError:
+                pass
+
+
+def _rebuild(pickled: bytes | None, type_name: str, message: str) -> BaseException:
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:
+            pass
+    return RemoteError(type_name, message)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class ProcessExecutor:
+    """A warm pool of `size` worker processes, each running one call at a time.
+
+    Args:
+        size: Number of worker processes. Defaults to the number of CPUs.
+        start_timeout_s: How long a worker may take to start before it counts as failed.
+    """
+
+    name = "process"
+
+    def __init__(self, *, size: int | None = None, start_timeout_s: float = 30.0) -> None:
+        size = size if size is not None else (os.cpu_count() or 2)
+        if size < 1:
+            raise UsageError(f"process pool size must be at least 1, got {size!r}")
+        self._size = size
+        self._start_timeout_s = start_timeout_s
+        self._state = State.NEW
+        self._workers: set[_Worker] = set()
+        self._idle: collections.deque[_Worker] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._spawning: set[asyncio.Task[None]] = set()
+        self._start_lock: asyncio.Lock | None = None
+        self._in_flight = 0
+        self._replaced = 0
+
+    async def start(self) -> None:
+        """Start the workers and wait until each is ready. Idempotent."""
+        if self._state is State.RUNNING:
+            return
+        ensure_open(self._state, "the process pool")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started():  # another caller started it while we waited for the lock
+                return
+            ensure_open(self._state, "the process pool")
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self._size):
+                    tg.create_task(self._spawn())
+            self._state = State.RUNNING
+
+    def _started(self) -> bool:
+        return self._state is State.RUNNING
+
+    async def run(self, job: Job) -> Any:
+        """Run `job` in a worker; a timeout or cancellation kills that worker and replaces it."""
+        if self._state is not State.RUNNING:
+            await self.start()
+        if job.ref is None:
+            raise UsageError("a job for the process pool needs a FunctionRef")
+        ref = job.ref()
+        worker = await self._acquire()
+        self._in_flight += 1
+        future: asyncio.Future[Any] | None = None
+        try:
+            try:
+                future = worker.send(job, ref, ref.key)
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise UsageError(
+                    f"the arguments cannot be sent to a worker process: {exc}"
+                ) from exc
+            return await future
+        except BaseException:
+            if future is not None and not future.done():
+                # The call is still running in the worker: kill it so the work really stops.
+                await self._kill(worker)
+            raise
+        finally:
+            self._in_flight -= 1
+            self._release(worker)
+
+    def statistics(self) -> ExecutorStatistics:
+        """Return calls in workers, calls waiting for one, live workers and replacements."""
+        return ExecutorStatistics(
+            self.name,
+            in_flight=self._in_flight,
+            queued=sum(1 for w in self._waiters if not w.done()),
+            workers=sum(1 for w in self._workers if w.alive),
+            replaced_workers=self._replaced,
+        )
+
+    def worker_pids(self) -> list[int]:
+        """Return the process ids of the live workers."""
+        return [w.pid for w in self._workers if w.alive]
+
+    async def aclose(self) -> None:
+        """Stop every worker: idle ones by closing their pipe, busy ones by killing. Idempotent."""
+        if self._state in (State.CLOSING, State.CLOSED):
+            return
+        self._state = State.CLOSING
+        for task in list(self._spawning):
+            task.cancel()
+        if self._spawning:
+            await asyncio.gather(*self._spawning, return_exceptions=True)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(WorkerDied("the process pool closed"))
+        workers = list(self._workers)
+        for worker in workers:
+            if worker.call is None:
+                stdin = worker.transport.get_pipe_transport(0)
+                if stdin is not None:
+                    stdin.close()
+            else:
+                worker.kill()
+        for worker in workers:
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(worker.protocol.exited)
+            except TimeoutError:
+                worker.kill()
+                await asyncio.shield(worker.protocol.exited)
+        self._workers.clear()
+        self._idle.clear()
+        self._state = State.CLOSED
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        transport, protocol = await loop.subprocess_exec(
+            _Protocol,
+            sys.executable,
+            "-m",
+            "corral.executors._worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            env=env,
+        )
+        worker = _Worker(transport, protocol, self._on_idle_exit)
+        self._workers.add(worker)
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                await worker.ready
+        except BaseException:
+            worker.kill()
+            self._workers.discard(worker)
+            raise
+        self._release(worker)
+
+    def _on_idle_exit(self, worker: _Worker) -> None:
+        # An idle worker died (killed from outside, out of memory): replace it now, not when a
+        # call finds it dead.
+        if worker in self._idle:
+            self._idle.remove(worker)
+            self._workers.discard(worker)
+            self._replace()
+
+    async def _acquire(self) -> _Worker:
+        while self._idle:
+            worker = self._idle.popleft()
+            if worker.alive:
+                return worker
+        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())  # handed over just as we were cancelled
+            raise
+
+    def _release(self, worker: _Worker) -> None:
+        if not worker.alive or worker.call is not None:
+            self._workers.discard(worker)
+            self._replace()
+            return
+        if self._state is not State.RUNNING and self._state is not State.NEW:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        self._idle.append(worker)
+
+    def _replace(self) -> None:
+        if self._state in (State.CLOSING, State.CLOSED):
+            return
+        self._replaced += 1
+        task = asyncio.get_running_loop().create_task(self._spawn_logged())
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
+
+    async def _spawn_logged(self) -> None:
+        try:
+            await self._spawn()
+        except Exception:
+            logger.exception("could not start a replacement worker process")
+
+    async def _kill(self, worker: _Worker) -> None:
+        worker.kill()
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(worker.protocol.exited)
+        except TimeoutError:
+            logger.warning("worker process %d did not exit 5 s after SIGKILL", worker.pid)

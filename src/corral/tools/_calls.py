@@ -1,0 +1,103 @@
+"""Tool calls as the providers send them, read into corral's own `ToolCall`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral._types import Mode
+from corral.errors import UsageError
+from corral.tools._tool import check_mode
+
+__all__ = ["ToolCall", "parse_calls"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call the model asked for.
+
+    `arguments` is a mapping, or the raw JSON text a provider sent (parsed, with a clear error if
+    malformed, when the batch runs). `depends_on` names calls of the same batch that must finish
+    first; `mode` and `timeout` override the tool's own for this call.
+    """
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    mode: Mode | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        depends_on: Any = self.depends_on  # a lone id given as a string is common
+        if isinstance(depends_on, str):
+            object.__setattr__(self, "depends_on", (depends_on,))
+        elif not isinstance(depends_on, tuple):
+            object.__setattr__(self, "depends_on", tuple(depends_on))
+        check_mode(self.mode, f"mode of call {self.id!r}")
+
+    @classmethod
+    def from_openai(cls, data: Mapping[str, Any]) -> ToolCall:
+        """Read an OpenAI chat `tool_calls` entry or a Responses API `function_call` item."""
+        if data.get("type") == "function_call":  # Responses API
+            return cls(_str(data, "call_id"), _str(data, "name"), data.get("arguments") or "{}")
+        function = data.get("function")
+        if not isinstance(function, Mapping):
+            raise UsageError(f"OpenAI tool call {_short(data)} has no 'function' object")
+        return cls(
+            _str(data, "id"),
+            _str(function, "name"),
+            function.get("arguments") or "{}",
+        )
+
+    @classmethod
+    def from_anthropic(cls, data: Mapping[str, Any]) -> ToolCall:
+        """Read an Anthropic `tool_use` content block."""
+        arguments = data.get("input", {})
+        if not isinstance(arguments, Mapping | str):
+            raise UsageError(f"Anthropic tool_use block {_short(data)} has a non-object 'input'")
+        return cls(_str(data, "id"), _str(data, "name"), arguments)
+
+
+def parse_calls(tool_calls: Iterable[Any]) -> list[ToolCall]:
+    """Read every call; accept `ToolCall`s, OpenAI and Anthropic dicts, and SDK objects."""
+    if isinstance(tool_calls, str | bytes | Mapping):
+        raise UsageError(f"tool_calls must be a list of calls, got a {type(tool_calls).__name__}")
+    return [_one(item, index) for index, item in enumerate(tool_calls)]
+
+
+def _one(item: Any, index: int) -> ToolCall:
+    if isinstance(item, ToolCall):
+        return item
+    if not isinstance(item, Mapping):
+        dump = getattr(item, "model_dump", None)  # openai / anthropic SDK objects
+        if dump is None:
+            raise UsageError(
+                f"tool call #{index} is a {type(item).__name__}; expected a ToolCall, an OpenAI "
+                "tool_calls entry or an Anthropic tool_use block"
+            )
+        item = dump()
+    try:
+        if item.get("type") == "tool_use":
+            return ToolCall.from_anthropic(item)
+        if "function" in item or item.get("type") == "function_call":
+            return ToolCall.from_openai(item)
+    except UsageError as exc:
+        raise UsageError(f"tool call #{index}: {exc}") from None
+    raise UsageError(
+        f"tool call #{index} ({_short(item)}) is neither an OpenAI tool call nor an Anthropic "
+        "tool_use block"
+    )
+
+
+def _str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{_short(data)} has no string {key!r}")
+    return value
+
+
+def _short(data: Mapping[str, Any]) -> str:
+    text = repr(dict(data))
+    return text if len(text) <= 120 else text[:117] + "..."
