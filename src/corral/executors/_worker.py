@@ -1,4 +1,8 @@
-"""The worker process of the process pool. Run as `python -m corral.executors._worker`.
+"""The worker process of the process pool.
+
+The pool runs this file by path (`runpy.run_path`), not as `-m corral.executors._worker`, so a
+worker starts with the standard library only and does not import corral and its dependencies until
+a tool needs them. Keep it that way: import nothing outside the standard library at module level.
 
 Frames on the pipes are a 4-byte big-endian length and a pickle. The parent writes
 `(seq, key, module, qualname, pickled_fn, kwargs, is_async)`; the worker answers
@@ -12,6 +16,7 @@ so a chatty tool cannot corrupt a frame.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import pickle
 import struct
@@ -61,11 +66,17 @@ def _resolve(
         else:
             assert module is not None
             assert qualname is not None
-            from corral.executors.base import resolve_import
-
             fn = resolve_import(module, qualname)
         cache[key] = fn
     return fn
+
+
+def resolve_import(module: str, qualname: str) -> Any:
+    """Import `module` and walk `qualname` inside it."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _answer(seq: int, value: Any) -> bytes:
@@ -105,6 +116,11 @@ def main() -> None:
     os.dup2(2, 1)
     cache: dict[str, Callable[..., Any]] = {}
     loop: asyncio.AbstractEventLoop | None = None
+    for module in sys.argv[2:]:  # warm: import the tools' modules before saying ready
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - the call that needs it will report the error
+            print(f"corral worker: cannot preload {module!r}: {exc!r}", file=sys.stderr)
     _send(proto_out, (0, READY, os.getpid()))
     while True:
         try:

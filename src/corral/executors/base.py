@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from corral.errors import ClosedError
+from corral.executors._worker import resolve_import
 
 __all__ = ["Executor", "ExecutorStatistics", "FunctionRef", "Job", "State", "ensure_open"]
 
@@ -60,14 +60,6 @@ class FunctionRef:
 
         logger.debug("tool %s is not importable by path; it travels by value (cloudpickle)", key)
         return cls(key=key, pickled=cloudpickle.dumps(fn))
-
-
-def resolve_import(module: str, qualname: str) -> Any:
-    """Import `module` and walk `qualname` inside it."""
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @dataclass(frozen=True, slots=True)

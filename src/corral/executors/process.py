@@ -20,16 +20,19 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from corral.errors import UsageError, WorkerDied
+from corral.executors import _worker
 from corral.executors._worker import HEADER, OK, RAISED, READY, UNPICKLABLE
 from corral.executors.base import ExecutorStatistics, FunctionRef, Job, State, ensure_open
 
 __all__ = ["ProcessExecutor", "UnpicklableResult"]
 
 logger = logging.getLogger(__name__)
+
+_WORKER_PATH = _worker.__file__
 
 
 class UnpicklableResult(Exception):
@@ -188,15 +191,24 @@ class ProcessExecutor:
     Args:
         size: Number of worker processes. Defaults to the number of CPUs.
         start_timeout_s: How long a worker may take to start before it counts as failed.
+        preload: Modules every worker imports before it counts as ready (the tools' modules),
+            so the first call does not pay for the import.
     """
 
     name = "process"
 
-    def __init__(self, *, size: int | None = None, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        size: int | None = None,
+        start_timeout_s: float = 30.0,
+        preload: Sequence[str] = (),
+    ) -> None:
         size = size if size is not None else (os.cpu_count() or 2)
         if size < 1:
             raise UsageError(f"process pool size must be at least 1, got {size!r}")
         self._size = size
+        self.preload = list(preload)
         self._start_timeout_s = start_timeout_s
         self._state = State.NEW
         self._workers: set[_Worker] = set()
@@ -306,8 +318,10 @@ class ProcessExecutor:
         transport, protocol = await loop.subprocess_exec(
             _Protocol,
             sys.executable,
-            "-m",
-            "corral.executors._worker",
+            "-c",
+            "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')",
+            _WORKER_PATH,
+            *self.preload,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=None,

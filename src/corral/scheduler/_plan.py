@@ -74,6 +74,7 @@ class Plan:
     """The order of one batch: incoming and outgoing edges per call, and calls that cannot run."""
 
     ids: tuple[str, ...]
+    claims: tuple[tuple[Claim, ...], ...] = field(repr=False)
     edges: tuple[Edge, ...]
     incoming: tuple[tuple[Edge, ...], ...] = field(repr=False)
     outgoing: tuple[tuple[Edge, ...], ...] = field(repr=False)
@@ -110,6 +111,7 @@ def make_plan(items: Sequence[PlanItem]) -> Plan:
                 errors.setdefault(i, f"depends_on forms a cycle among calls {names}")
     return Plan(
         ids=tuple(item.id for item in items),
+        claims=tuple(item.claims for item in items),
         edges=tuple(edges),
         incoming=tuple(tuple(e) for e in incoming),
         outgoing=tuple(tuple(e) for e in outgoing),

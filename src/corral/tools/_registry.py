@@ -390,9 +390,21 @@ class ToolRegistry:
             elif mode == "thread":
                 executor = ThreadExecutor(max_threads=self._thread_pool_size)
             else:
-                executor = ProcessExecutor(size=self._process_pool_size)
+                executor = ProcessExecutor(
+                    size=self._process_pool_size, preload=self._process_modules()
+                )
             self._executors[mode] = executor
         return executor
+
+    def _process_modules(self) -> list[str]:
+        """Return the modules of the tools that run in worker processes, for them to preload."""
+        modules: dict[str, None] = {}
+        for tool in self._tools.values():
+            if tool.mode == "process" or (self._mode == "process" and tool.process_capable):
+                ref = tool.function_ref()
+                if ref.module is not None:
+                    modules[ref.module] = None
+        return list(modules)
 
     def _budgets_for(self, tool: Tool) -> tuple[Budget, ...]:
         budgets: list[Budget] = []
