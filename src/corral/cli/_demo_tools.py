@@ -38,7 +38,10 @@ def fib(n: int) -> int:
 
 
 def shell(command: str) -> str:
-    """Run a shell command (simulated). Declares nothing, so it runs alone among undeclared tools."""
+    """Run a shell command (simulated).
+
+    It declares nothing, so it runs alone among the undeclared tools.
+    """
     time.sleep(0.03)
     return f"$ {command}\nok"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -45,12 +46,11 @@ DEMO_CALLS = [
 ]
 
 
-async def _run(console: Console) -> None:
-    with tempfile.TemporaryDirectory(prefix="corral-demo-") as tmp:
-        async with demo_registry(Path(tmp)) as reg:
-            results = await reg.execute(DEMO_CALLS, timeout=30)
-        title = "corral: one model message, 11 tool calls"
-        console.print(timeline_table(results, title=title, base=str(Path(tmp).resolve())))
+async def _run(console: Console, workdir: Path) -> None:
+    async with demo_registry(workdir) as reg:
+        results = await reg.execute(DEMO_CALLS, timeout=30)
+    title = "corral: one model message, 11 tool calls"
+    console.print(timeline_table(results, title=title, base=str(workdir)))
     console.print(
         "Calls on the same file ran in the order the model emitted them; the two undeclared "
         "shell calls ran one at a time; everything else overlapped. The failed call did not "
@@ -64,4 +64,5 @@ def run_demo(console: Console | None = None) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=170)
-    asyncio.run(_run(console))
+    with tempfile.TemporaryDirectory(prefix="corral-demo-") as tmp:
+        asyncio.run(_run(console, Path(os.path.realpath(tmp))))

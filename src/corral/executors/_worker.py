@@ -119,8 +119,8 @@ def main() -> None:
     for module in sys.argv[2:]:  # warm: import the tools' modules before saying ready
         try:
             importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - the call that needs it will report the error
-            print(f"corral worker: cannot preload {module!r}: {exc!r}", file=sys.stderr)
+        except Exception as exc:  # the call that needs it will report the error
+            sys.stderr.write(f"corral worker: cannot preload {module!r}: {exc!r}\n")
     _send(proto_out, (0, READY, os.getpid()))
     while True:
         try:
