@@ -81,7 +81,7 @@ def _one(item: Any, index: int) -> ToolCall:
     try:
         if item.get("type") == "tool_use":
             return ToolCall.from_anthropic(item)
-        if "function" in item or item.get("type") == "function_call":
+        if "function" in item or item.get("type") in ("function", "function_call"):
             return ToolCall.from_openai(item)
     except UsageError as exc:
         raise UsageError(f"tool call #{index}: {exc}") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import types
+import warnings
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,8 +156,8 @@ def _parameters(fn: Callable[..., Any], name: str) -> tuple[dict[str, Any], list
         if _is_path(annotation):
             path_params.append(param.name)
         default = ... if param.default is param.empty else param.default
-        described = Field(default, description=param_docs.get(param.name) or None)
-        fields[param.name] = (annotation, described)
+        doc = param_docs.get(param.name)
+        fields[param.name] = (annotation, Field(default, description=doc) if doc else default)
     return fields, path_params, context_param
 
 
@@ -196,8 +198,24 @@ def _hints(fn: Callable[..., Any], name: str) -> dict[str, Any]:
         target = getattr(fn, "func", None) or type(fn).__call__  # partials, callable objects
     try:
         return typing.get_type_hints(target, include_extras=True)
+    except NameError:
+        # A tool defined inside a function whose hints name local classes (common with
+        # `from __future__ import annotations`): resolve them in the registering caller's frame.
+        pass
     except Exception as exc:
         raise UsageError(f"tool {name!r}: cannot resolve its type hints: {exc}") from None
+    try:
+        return typing.get_type_hints(target, localns=_caller_locals(), include_extras=True)
+    except Exception as exc:
+        raise UsageError(f"tool {name!r}: cannot resolve its type hints: {exc}") from None
+
+
+def _caller_locals() -> dict[str, Any]:
+    """Return the local names of the nearest frame outside corral."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("corral."):
+        frame = frame.f_back  # type: ignore[assignment]
+    return dict(frame.f_locals) if frame is not None else {}
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -230,12 +248,15 @@ def _is_context(annotation: Any) -> bool:
 
 
 def _model(name: str, fields: Mapping[str, Any]) -> type[BaseModel]:
+    # Tool parameters may be called `json`, `keys` or `model_name`: names BaseModel uses. They
+    # work as fields (values are read from `__dict__`), so the shadowing warnings are noise here.
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
     try:
-        return pydantic.create_model(
-            f"{name}_arguments",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-            **fields,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*shadows an attribute", category=UserWarning
+            )
+            return pydantic.create_model(f"{name}_arguments", __config__=config, **fields)
     except (pydantic.PydanticSchemaGenerationError, TypeError, NameError) as exc:
         raise UsageError(f"tool {name!r}: cannot build an argument model: {exc}") from None
 
@@ -258,7 +279,7 @@ def _validator(model: type[BaseModel], name: str) -> Callable[[Mapping[str, Any]
             instance = model.model_validate(arguments)
         except pydantic.ValidationError as exc:
             raise ToolArgumentsInvalid(describe_validation_error(name, exc)) from None
-        return dict(instance)
+        return dict(instance.__dict__)
 
     return validate
 
