@@ -6,8 +6,8 @@ import inspect
 import os
 import sys
 import types
-import warnings
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -156,8 +156,11 @@ def _parameters(fn: Callable[..., Any], name: str) -> tuple[dict[str, Any], list
         if _is_path(annotation):
             path_params.append(param.name)
         default = ... if param.default is param.empty else param.default
-        doc = param_docs.get(param.name)
-        fields[param.name] = (annotation, Field(default, description=doc) if doc else default)
+        described = param_docs.get(param.name)
+        fields[param.name] = (
+            annotation,
+            Field(default, description=described) if described else default,
+        )
     return fields, path_params, context_param
 
 
