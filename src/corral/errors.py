@@ -10,7 +10,13 @@ callers' mistakes and for failures of the infrastructure::
     │   ├── ToolNotFound
     │   ├── ToolArgumentsInvalid
     │   ├── ToolTimeout
-    │   └── WorkerDied
+    │   ├── WorkerDied
+    │   └── RemoteToolError   a tool behind HTTP (OpenAPI) or MCP failed
+    │       ├── HTTPStatusError(status, retry_after_s)
+    │       ├── RemoteConnectError
+    │       ├── RemoteTimeout
+    │       ├── ServerToolError     an MCP server answered isError
+    │       └── OutcomeUnknown      the connection broke mid-call; it may or may not have run
     ├── RequestError
     ├── ProviderError
     └── StateError
@@ -24,8 +30,14 @@ from __future__ import annotations
 __all__ = [
     "ClosedError",
     "CorralError",
+    "HTTPStatusError",
+    "OutcomeUnknown",
     "ProviderError",
+    "RemoteConnectError",
+    "RemoteTimeout",
+    "RemoteToolError",
     "RequestError",
+    "ServerToolError",
     "StateError",
     "ToolArgumentsInvalid",
     "ToolError",
@@ -66,6 +78,41 @@ class ToolTimeout(ToolError):
 
 class WorkerDied(ToolError):
     """The worker process running a call exited before it answered."""
+
+
+class RemoteToolError(ToolError):
+    """A tool served over HTTP or MCP failed."""
+
+
+class HTTPStatusError(RemoteToolError):
+    """A service answered with a status outside 2xx.
+
+    `retry_after_s` is the server's `Retry-After` (for 429 and 503), if it sent one.
+    """
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class RemoteConnectError(RemoteToolError):
+    """The service or server could not be reached (refused, reset, DNS)."""
+
+
+class RemoteTimeout(RemoteToolError):
+    """The service accepted the connection but did not answer in time."""
+
+
+class ServerToolError(RemoteToolError):
+    """An MCP server ran the tool and reported an error (`isError`); the message is its text."""
+
+
+class OutcomeUnknown(RemoteToolError):
+    """The connection broke while a non-idempotent call was in flight: it may or may not have run.
+
+    corral never retries such a call, so it never runs twice.
+    """
 
 
 class RequestError(CorralError):

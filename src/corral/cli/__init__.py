@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 __all__ = ["app", "main"]
@@ -33,6 +36,40 @@ def demo() -> None:
 
 bench_app = typer.Typer(help="Benchmarks, side by side with peers.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("tools")
+def bench_tools(
+    rounds: Annotated[int, typer.Option(min=1, help="Measured rounds per workload.")] = 15,
+    warmup: Annotated[int, typer.Option(min=0, help="Unmeasured rounds first.")] = 3,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here.")
+    ] = None,
+    peer: Annotated[
+        bool, typer.Option(help="Run ToolRegistry alongside (--no-peer: corral only).")
+    ] = True,
+    bench_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where ToolRegistry's venv lives (default: .bench/ in the repository)."),
+    ] = None,
+    max_seconds: Annotated[float, typer.Option(min=1, help="Stop after this.")] = 600,
+) -> None:
+    """Run 100-call batches on corral and ToolRegistry 0.19.0, alternating; print medians."""
+    from corral.cli.bench import BenchError, BenchOptions, run_tools_bench
+
+    options = BenchOptions(
+        rounds=rounds,
+        warmup=warmup,
+        peer=peer,
+        json_path=json_path,
+        bench_dir=bench_dir,
+        max_seconds=max_seconds,
+    )
+    try:
+        run_tools_bench(options)
+    except BenchError as exc:
+        typer.secho(f"corral bench tools: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

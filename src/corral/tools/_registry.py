@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 from corral._types import Mode, RegistryMode
 from corral.errors import UsageError
@@ -33,9 +33,17 @@ from corral.tools._prepare import BatchOptions, prepare
 from corral.tools._python import ToolOptions, build_tool, class_methods, marked_options
 from corral.tools._tool import Tool, check_mode
 
-__all__ = ["RegistryStatistics", "ToolRegistry"]
+__all__ = ["RegistryStatistics", "SupportsAclose", "ToolRegistry"]
 
 _REGISTRY_MODES = ("auto", "async", "thread", "process")
+
+
+class SupportsAclose(Protocol):
+    """Anything with an idempotent `aclose()`: a remote service's client, an MCP session."""
+
+    async def aclose(self) -> None:
+        """Release the resource."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,7 @@ class ToolRegistry:
             Budget("max_concurrency", max_concurrency) if max_concurrency is not None else None
         )
         self._executors: dict[str, Executor] = {}
+        self._sources: list[SupportsAclose] = []
         self._counters = BatchCounters()
         self._state = State.NEW
         self._home = Home()
@@ -201,6 +210,60 @@ class ToolRegistry:
             merged["name"] = tool_name
             tools.append(self.register(method, **merged))
         return tools
+
+    async def register_openapi(
+        self,
+        spec: str | os.PathLike[str] | Mapping[str, Any],
+        *,
+        base_url: str | None = None,
+        namespace: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> list[Tool]:
+        """Register every operation of an OpenAPI 3.0/3.1 document as a tool.
+
+        Args:
+            spec: A URL, a file path (JSON or YAML) or the document as a dict.
+            base_url: Where the service runs; defaults to the document's first server.
+            namespace: Prefix for tool names (`f"{namespace}-{operationId}"`).
+            headers: Sent with every request (auth, for instance).
+            timeout: Seconds for each HTTP request.
+
+        Calls share one `httpx.AsyncClient` per service (keep-alive, bounded pool), closed by
+        `aclose()`.
+        """
+        from corral.tools._openapi import register_openapi
+
+        return await register_openapi(
+            self, spec, base_url=base_url, namespace=namespace, headers=headers, timeout=timeout
+        )
+
+    async def register_mcp(
+        self,
+        target: str | Sequence[str],
+        *,
+        namespace: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[Tool]:
+        """Register the tools of an MCP server, over one persistent session.
+
+        Args:
+            target: A command (a string or an argv list) for a stdio server, or an http(s) URL of
+                an SSE or streamable HTTP endpoint.
+            namespace: Prefix for tool names.
+            headers: Sent with every HTTP request to the server.
+
+        The session opens now and is closed by `aclose()`; calls to one server are in flight at
+        once over it.
+        """
+        from corral.tools._mcp import register_mcp
+
+        return await register_mcp(self, target, namespace=namespace, headers=headers)
+
+    def attach(self, source: SupportsAclose) -> None:
+        """Tie a connection's lifetime to the registry: `aclose()` closes it, newest first."""
+        ensure_open(self._state, "the tool registry")
+        self._sources.append(source)
 
     def add(self, tool: Tool) -> Tool:
         """Register a `Tool` built elsewhere (remote sources use this)."""
@@ -481,8 +544,17 @@ class ToolRegistry:
 
     async def _close_executors(self) -> None:
         self._state = State.CLOSING
+        errors: list[Exception] = []
+        while self._sources:
+            source = self._sources.pop()
+            try:
+                await source.aclose()
+            except Exception as exc:  # close the rest, then report
+                errors.append(exc)
         for executor in list(self._executors.values()):
             await executor.aclose()
+        if errors:
+            raise ExceptionGroup("closing the registry's connections failed", errors)
 
     async def __aenter__(self) -> Self:
         await self.start()
