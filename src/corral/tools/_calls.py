@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral._types import Mode
 from corral.errors import UsageError
 from corral.tools._tool import check_mode
 
-__all__ = ["ToolCall", "parse_calls"]
+__all__ = ["RawCall", "ToolCall", "parse_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +60,51 @@ class ToolCall:
         return cls(_str(data, "id"), _str(data, "name"), arguments)
 
 
-def parse_calls(tool_calls: Iterable[Any]) -> list[ToolCall]:
+class RawCall(NamedTuple):
+    """A call as the batch reads it: the fields of `ToolCall`, without its checks.
+
+    Internal and cheap to build (a tuple, where a frozen dataclass costs several times more):
+    a batch of provider dicts never materialises `ToolCall` objects.
+    """
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any] | str
+    depends_on: tuple[str, ...] = ()
+    mode: Mode | None = None
+    timeout: float | None = None
+
+
+def parse_calls(tool_calls: Iterable[Any]) -> list[RawCall]:
     """Read every call; accept `ToolCall`s, OpenAI and Anthropic dicts, and SDK objects."""
     if isinstance(tool_calls, str | bytes | Mapping):
         raise UsageError(f"tool_calls must be a list of calls, got a {type(tool_calls).__name__}")
-    return [_one(item, index) for index, item in enumerate(tool_calls)]
+    return [_fast(item) or _one(item, index) for index, item in enumerate(tool_calls)]
 
 
-def _one(item: Any, index: int) -> ToolCall:
+def _fast(item: Any) -> RawCall | None:
+    """Read a well-formed OpenAI chat or Anthropic dict directly; None sends it the slow way."""
+    if type(item) is not dict:
+        return None
+    call_id = item.get("id")
+    function = item.get("function")
+    if function.__class__ is dict:
+        name, arguments = function.get("name"), function.get("arguments")
+        if call_id.__class__ is str and call_id and name.__class__ is str and name:
+            if arguments.__class__ is str:
+                return RawCall(call_id, name, arguments or "{}")
+        return None
+    if item.get("type") == "tool_use":
+        name, arguments = item.get("name"), item.get("input")
+        if call_id.__class__ is str and call_id and name.__class__ is str and name:
+            if arguments.__class__ is dict:
+                return RawCall(call_id, name, arguments)
+    return None
+
+
+def _one(item: Any, index: int) -> RawCall:
     if isinstance(item, ToolCall):
-        return item
+        return RawCall(item.id, item.name, item.arguments, item.depends_on, item.mode, item.timeout)
     if not isinstance(item, Mapping):
         dump = getattr(item, "model_dump", None)  # openai / anthropic SDK objects
         if dump is None:
@@ -80,9 +115,13 @@ def _one(item: Any, index: int) -> ToolCall:
         item = dump()
     try:
         if item.get("type") == "tool_use":
-            return ToolCall.from_anthropic(item)
-        if "function" in item or item.get("type") in ("function", "function_call"):
-            return ToolCall.from_openai(item)
+            call = ToolCall.from_anthropic(item)
+        elif "function" in item or item.get("type") in ("function", "function_call"):
+            call = ToolCall.from_openai(item)
+        else:
+            call = None
+        if call is not None:
+            return RawCall(call.id, call.name, call.arguments)
     except UsageError as exc:
         raise UsageError(f"tool call #{index}: {exc}") from None
     raise UsageError(

@@ -13,7 +13,7 @@ from corral._types import Mode, RegistryMode
 from corral.errors import ToolArgumentsInvalid
 from corral.executors.base import Executor, Job
 from corral.scheduler import Budget, ErrorInfo, PlanItem, Prepared
-from corral.tools._calls import ToolCall
+from corral.tools._calls import RawCall
 from corral.tools._resources import normalize_path_arguments
 from corral.tools._tool import Tool, ToolContext
 
@@ -35,14 +35,16 @@ class BatchOptions:
 
 
 def prepare(
-    calls: Sequence[ToolCall], options: BatchOptions
+    calls: Sequence[RawCall], options: BatchOptions
 ) -> tuple[list[Prepared], list[PlanItem]]:
     """Check every call; a bad one becomes a failed `Prepared` that never runs its tool."""
     counts = Counter(call.id for call in calls)
+    unique = len(counts) == len(calls)
+    budgets: dict[str, tuple[Budget, ...]] = {}
     prepared: list[Prepared] = []
     items: list[PlanItem] = []
     for call in calls:
-        if counts[call.id] > 1:
+        if not unique and counts[call.id] > 1:
             positions = [str(i) for i, c in enumerate(calls) if c.id == call.id]
             error = ErrorInfo(
                 "DuplicateCallId",
@@ -52,19 +54,20 @@ def prepare(
             prepared.append(Prepared(call.id, call.name, error=error))
             items.append(PlanItem(call.id, (), call.depends_on))
             continue
-        one, claims = _prepare_one(call, options)
+        one, claims = _prepare_one(call, options, budgets)
         prepared.append(one)
         items.append(PlanItem(call.id, claims, call.depends_on))
     return prepared, items
 
 
-def _prepare_one(call: ToolCall, options: BatchOptions) -> tuple[Prepared, tuple[Any, ...]]:
+def _prepare_one(
+    call: RawCall, options: BatchOptions, budgets: dict[str, tuple[Budget, ...]]
+) -> tuple[Prepared, tuple[Any, ...]]:
     tool = options.tools.get(call.name)
     if tool is None:
         return _failed(call, "ToolNotFound", _not_found(call.name, options.tools)), ()
     try:
-        arguments = _arguments(call)
-        kwargs = tool.validate(arguments)
+        kwargs = _validate(call, tool)
     except ToolArgumentsInvalid as exc:
         return _failed(call, "ToolArgumentsInvalid", str(exc)), ()
     if tool.path_params:
@@ -94,6 +97,9 @@ def _prepare_one(call: ToolCall, options: BatchOptions) -> tuple[Prepared, tuple
         is_async=tool.is_async,
         ref=tool.function_ref if mode == "process" else None,
     )
+    held = budgets.get(tool.name)
+    if held is None:
+        held = budgets[tool.name] = options.budgets(tool)
     return (
         Prepared(
             call.id,
@@ -102,13 +108,23 @@ def _prepare_one(call: ToolCall, options: BatchOptions) -> tuple[Prepared, tuple
             executor=executor,
             timeout_s=timeout,
             timeout_source=source,
-            budgets=options.budgets(tool),
+            budgets=held,
         ),
         claims,
     )
 
 
-def _mode(call: ToolCall, tool: Tool, options: BatchOptions) -> Mode:
+def _validate(call: RawCall, tool: Tool) -> dict[str, Any]:
+    raw = call.arguments
+    if raw.__class__ is str and tool.validate_json is not None:
+        try:
+            return tool.validate_json(raw)
+        except ToolArgumentsInvalid:
+            pass  # say exactly what is wrong: malformed JSON, not an object, or which argument
+    return tool.validate(_arguments(call))
+
+
+def _mode(call: RawCall, tool: Tool, options: BatchOptions) -> Mode:
     natural: Mode = "async" if tool.is_async else "thread"
     mode: Mode = (
         call.mode
@@ -122,7 +138,7 @@ def _mode(call: ToolCall, tool: Tool, options: BatchOptions) -> Mode:
     return mode
 
 
-def _arguments(call: ToolCall) -> Mapping[str, Any]:
+def _arguments(call: RawCall) -> Mapping[str, Any]:
     raw = call.arguments
     if isinstance(raw, str):
         try:
@@ -140,7 +156,7 @@ def _arguments(call: ToolCall) -> Mapping[str, Any]:
     return raw
 
 
-def _failed(call: ToolCall, kind: str, message: str) -> Prepared:
+def _failed(call: RawCall, kind: str, message: str) -> Prepared:
     return Prepared(call.id, call.name, error=ErrorInfo(kind, message))
 
 

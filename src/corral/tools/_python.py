@@ -104,6 +104,7 @@ def build_tool(fn: Callable[..., Any], options: ToolOptions) -> Tool:
         fn=fn,
         is_async=_is_async(fn),
         validate=_validator(model, name),
+        validate_json=_json_validator(model, name),
         read_only=options.read_only,
         reads=reads,
         writes=writes,
@@ -285,6 +286,18 @@ def _validator(model: type[BaseModel], name: str) -> Callable[[Mapping[str, Any]
         return dict(instance.__dict__)
 
     return validate
+
+
+def _json_validator(model: type[BaseModel], name: str) -> Callable[[str], dict[str, Any]]:
+    validator = model.__pydantic_validator__
+
+    def validate_json(text: str) -> dict[str, Any]:
+        try:
+            return dict(validator.validate_json(text).__dict__)
+        except pydantic.ValidationError as exc:
+            raise ToolArgumentsInvalid(describe_validation_error(name, exc)) from None
+
+    return validate_json
 
 
 def describe_validation_error(name: str, exc: pydantic.ValidationError) -> str:

@@ -27,7 +27,7 @@ from corral.scheduler import (
     make_plan,
     run_batch,
 )
-from corral.tools._calls import ToolCall, parse_calls
+from corral.tools._calls import RawCall, parse_calls
 from corral.tools._home import Home, call_in, proxy
 from corral.tools._prepare import BatchOptions, prepare
 from corral.tools._python import ToolOptions, build_tool, class_methods, marked_options
@@ -401,7 +401,7 @@ class ToolRegistry:
         policy: str,
         cwd: str | os.PathLike[str] | None,
         context: Mapping[str, Any] | None,
-    ) -> tuple[list[ToolCall], list[Prepared], Plan, tuple[Policy, float | None]]:
+    ) -> tuple[list[RawCall], list[Prepared], Plan, tuple[Policy, float | None]]:
         ensure_open(self._state, "the tool registry")
         try:
             policy_ = Policy(policy)
@@ -427,7 +427,7 @@ class ToolRegistry:
 
     async def _run(
         self,
-        calls: list[ToolCall],
+        calls: list[RawCall],
         prepared: list[Prepared],
         plan: Plan,
         options: tuple[Policy, float | None],

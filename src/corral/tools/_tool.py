@@ -16,6 +16,7 @@ from corral.tools._resources import ResourceTemplate
 
 __all__ = ["Tool", "ToolContext", "check_name", "check_mode"]
 
+_EXCLUSIVE = (Claim(EXCLUSIVE_RESOURCE, write=True),)
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MODES = ("async", "thread", "process")
 
@@ -61,6 +62,9 @@ class Tool:
     fn: Callable[..., Any]
     is_async: bool
     validate: Callable[[Mapping[str, Any]], dict[str, Any]] = field(repr=False)
+    validate_json: Callable[[str], dict[str, Any]] | None = field(default=None, repr=False)
+    """Parse and validate JSON text in one pass (faster); raises `ToolArgumentsInvalid`. When it
+    fails, the batch re-checks the slow way for the clearest message."""
     read_only: bool = False
     reads: tuple[ResourceTemplate, ...] = ()
     writes: tuple[ResourceTemplate, ...] = ()
@@ -90,8 +94,8 @@ class Tool:
         """Return the resources one call touches; undeclared tools claim the exclusive resource."""
         if self.claims_fn is not None:
             return tuple(self.claims_fn(arguments, cwd))
-        if not self.declared:
-            return () if independent else (Claim(EXCLUSIVE_RESOURCE, write=True),)
+        if not self.reads and not self.writes:  # path parameters always made templates
+            return () if self.read_only or independent else _EXCLUSIVE
         claims: list[Claim] = []
         for template in self.reads:
             claims.extend(template.claims(arguments, cwd))
