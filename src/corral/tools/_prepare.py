@@ -125,17 +125,18 @@ def _validate(call: RawCall, tool: Tool) -> dict[str, Any]:
 
 
 def _mode(call: RawCall, tool: Tool, options: BatchOptions) -> Mode:
+    if not tool.process_capable:
+        # Remote tools hold a connection that lives on the registry's loop: no mode override
+        # can move them to a thread's loop or another process.
+        return "async"
     natural: Mode = "async" if tool.is_async else "thread"
-    mode: Mode = (
+    return (
         call.mode
         or options.batch_mode
         or tool.mode
         or (options.registry_mode if options.registry_mode != "auto" else None)
         or natural
     )
-    if mode == "process" and not tool.process_capable:
-        return natural  # remote tools hold a connection that lives in this process
-    return mode
 
 
 def _arguments(call: RawCall) -> Mapping[str, Any]:

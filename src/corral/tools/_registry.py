@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
+from corral._retry import Backoff
 from corral._types import Mode, RegistryMode
 from corral.errors import UsageError
 from corral.executors.base import Executor, ExecutorStatistics, State, ensure_open
@@ -219,6 +220,8 @@ class ToolRegistry:
         namespace: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        backoff: Backoff | None = None,
+        max_connections: int = 64,
     ) -> list[Tool]:
         """Register every operation of an OpenAPI 3.0/3.1 document as a tool.
 
@@ -228,6 +231,8 @@ class ToolRegistry:
             namespace: Prefix for tool names (`f"{namespace}-{operationId}"`).
             headers: Sent with every request (auth, for instance).
             timeout: Seconds for each HTTP request.
+            backoff: Retry timing for idempotent requests (429, 502-504, connection failures).
+            max_connections: Size of the service's connection pool.
 
         Calls share one `httpx.AsyncClient` per service (keep-alive, bounded pool), closed by
         `aclose()`.
@@ -235,7 +240,14 @@ class ToolRegistry:
         from corral.tools._openapi import register_openapi
 
         return await register_openapi(
-            self, spec, base_url=base_url, namespace=namespace, headers=headers, timeout=timeout
+            self,
+            spec,
+            base_url=base_url,
+            namespace=namespace,
+            headers=headers,
+            timeout=timeout,
+            backoff=backoff,
+            max_connections=max_connections,
         )
 
     async def register_mcp(
@@ -537,7 +549,7 @@ class ToolRegistry:
         loop = self._home.loop
         if loop is not None and loop.is_running():
             call_in(loop, self._close_executors())
-        elif self._executors:
+        elif self._executors or self._sources:
             asyncio.run(self._close_executors())
         self._state = State.CLOSED
         self._home.stop_portal()

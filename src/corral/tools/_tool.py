@@ -78,6 +78,8 @@ class Tool:
     limit: int | str | None = None
     context_param: str | None = None
     process_capable: bool = True
+    """False for tools bound to the registry's event loop (remote tools holding a connection):
+    they always run on the loop, whatever mode a batch or call asks for."""
     source: str = "python"
     _ref: list[FunctionRef] = field(default_factory=list, repr=False)
 
