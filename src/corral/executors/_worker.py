@@ -7,7 +7,9 @@ a tool needs them. Keep it that way: import nothing outside the standard library
 Frames on the pipes are a 4-byte big-endian length and a pickle. The parent writes
 `(seq, key, module, qualname, pickled_fn, kwargs, is_async)`; the worker answers
 `(seq, OK, value)`, `(seq, RAISED, pickled_exc, type_name, message, traceback)` or
-`(seq, UNPICKLABLE, type_name, message)`. At start it sends `(0, READY, pid)`.
+`(seq, UNPICKLABLE, type_name, message)`. At start it sends `(0, READY, pid)`. A frame it cannot
+load (an argument whose class it cannot rebuild) gets `(CURRENT, BAD_ARGUMENTS, type_name,
+message)`: the parent sends one call at a time, so the answer can only be for that one.
 
 The protocol owns the worker's original stdin and stdout; the tool's own `print` goes to stderr,
 so a chatty tool cannot corrupt a frame.
@@ -15,17 +17,23 @@ so a chatty tool cannot corrupt a frame.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import pickle
 import struct
 import sys
-import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-READY, OK, RAISED, UNPICKLABLE = 0, 1, 2, 3
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio and traceback are imported when first needed (an `async def` tool, a failure): asyncio
+# alone would take most of a worker's start-up time, and replacements start while calls wait.
+
+READY, OK, RAISED, UNPICKLABLE, BAD_ARGUMENTS = 0, 1, 2, 3, 4
+CURRENT = -1
+"""The sequence number of an answer to the call whose frame could not be loaded."""
 HEADER = struct.Struct(">I")
 
 
@@ -62,13 +70,27 @@ def _resolve(
     fn = cache.get(key)
     if fn is None:
         if pickled is not None:
-            fn = pickle.loads(pickled)
+            try:
+                fn = pickle.loads(pickled)
+            except Exception as exc:
+                # The parent sends a function by value once per worker: remember why it failed,
+                # or every later call would arrive with nothing to load.
+                fn = _unloadable(key, exc)
         else:
             assert module is not None
             assert qualname is not None
             fn = resolve_import(module, qualname)
         cache[key] = fn
     return fn
+
+
+def _unloadable(key: str, exc: Exception) -> Callable[..., Any]:
+    message = f"tool {key!r} cannot be loaded in the worker process: {type(exc).__name__}: {exc}"
+
+    def fail(**_: Any) -> Any:
+        raise RuntimeError(message)
+
+    return fail
 
 
 def resolve_import(module: str, qualname: str) -> Any:
@@ -101,8 +123,16 @@ def _failure(seq: int, exc: BaseException) -> bytes:
         pickle.loads(pickled)
     except Exception:
         pickled = None
+    import traceback
+
     tb = "".join(traceback.format_exception(exc))
     payload = pickle.dumps((seq, RAISED, pickled, type(exc).__name__, str(exc), tb))
+    return HEADER.pack(len(payload)) + payload
+
+
+def _bad_arguments(exc: Exception) -> bytes:
+    message = f"{type(exc).__name__}: {exc}"
+    payload = pickle.dumps((CURRENT, BAD_ARGUMENTS, type(exc).__name__, message))
     return HEADER.pack(len(payload)) + payload
 
 
@@ -125,22 +155,27 @@ def main() -> None:
     while True:
         try:
             (size,) = HEADER.unpack(_read_exactly(proto_in, HEADER.size))
-            seq, key, module, qualname, pickled, kwargs, is_async = pickle.loads(
-                _read_exactly(proto_in, size)
-            )
+            data = _read_exactly(proto_in, size)
         except EOFError:
             break
         try:
-            fn = _resolve(cache, key, module, qualname, pickled)
-            if is_async:
-                if loop is None:
-                    loop = asyncio.new_event_loop()
-                value = loop.run_until_complete(fn(**kwargs))
-            else:
-                value = fn(**kwargs)
-            frame = _answer(seq, value)
-        except BaseException as exc:
-            frame = _failure(seq, exc)
+            seq, key, module, qualname, pickled, kwargs, is_async = pickle.loads(data)
+        except Exception as exc:  # an argument this process cannot rebuild
+            frame = _bad_arguments(exc)
+        else:
+            try:
+                fn = _resolve(cache, key, module, qualname, pickled)
+                if is_async:
+                    if loop is None:
+                        import asyncio
+
+                        loop = asyncio.new_event_loop()
+                    value = loop.run_until_complete(fn(**kwargs))
+                else:
+                    value = fn(**kwargs)
+                frame = _answer(seq, value)
+            except BaseException as exc:
+                frame = _failure(seq, exc)
         try:
             _write_all(proto_out, frame)
         except BrokenPipeError:  # the parent is gone

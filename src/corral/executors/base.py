@@ -8,10 +8,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from corral.errors import ClosedError
+from corral.errors import ClosedError, UsageError
 from corral.executors._worker import resolve_import
 
-__all__ = ["Executor", "ExecutorStatistics", "FunctionRef", "Job", "State", "ensure_open"]
+__all__ = [
+    "Executor",
+    "ExecutorStatistics",
+    "FunctionRef",
+    "Job",
+    "State",
+    "ensure_open",
+    "future_safe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,22 @@ def ensure_open(state: State, what: str) -> None:
         raise ClosedError(f"{what} is {state.value}; it cannot take new work")
 
 
+def future_safe(exc: BaseException) -> BaseException:
+    """Return `exc`, or a RuntimeError standing for it when passing it on would do harm.
+
+    - StopIteration: `Future.set_exception(StopIteration())` raises TypeError, which would leave
+      the caller waiting forever; a coroutine that raised it would have turned it into
+      RuntimeError anyway.
+    - SystemExit, KeyboardInterrupt: a tool in a thread or worker process that calls
+      `sys.exit()` must fail its own call, not stop the event loop of the process that awaits it.
+    """
+    if isinstance(exc, StopIteration | SystemExit | KeyboardInterrupt):
+        error = RuntimeError(f"the tool raised {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionRef:
     """How a worker process finds a tool's function without re-pickling it on every call.
@@ -47,7 +71,11 @@ class FunctionRef:
 
     @classmethod
     def for_function(cls, fn: Callable[..., Any], key: str) -> FunctionRef:
-        """Describe `fn` by import path when that finds the very same object, else by value."""
+        """Describe `fn` by import path when that finds the very same object, else by value.
+
+        Raises:
+            UsageError: `fn` is neither importable by path nor picklable by value.
+        """
         module = getattr(fn, "__module__", None)
         qualname = getattr(fn, "__qualname__", None)
         if module and qualname and module != "__main__" and "<locals>" not in qualname:
@@ -59,7 +87,14 @@ class FunctionRef:
         import cloudpickle  # imported lazily: only closures and `__main__` functions need it
 
         logger.debug("tool %s is not importable by path; it travels by value (cloudpickle)", key)
-        return cls(key=key, pickled=cloudpickle.dumps(fn))
+        try:
+            pickled = cloudpickle.dumps(fn)
+        except Exception as exc:  # e.g. a closure over a lock or a connection
+            raise UsageError(
+                f"tool {key} cannot run in a worker process: it is not importable by path, "
+                f"and pickling it by value failed: {exc}"
+            ) from exc
+        return cls(key=key, pickled=pickled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,25 @@ from typing import Any
 
 from corral.errors import UsageError, WorkerDied
 from corral.executors import _worker
-from corral.executors._worker import HEADER, OK, RAISED, READY, UNPICKLABLE
-from corral.executors.base import ExecutorStatistics, FunctionRef, Job, State, ensure_open
+from corral.executors._worker import (
+    BAD_ARGUMENTS,
+    CURRENT,
+    HEADER,
+    OK,
+    RAISED,
+    READY,
+    UNPICKLABLE,
+)
+from corral.executors.base import (
+    ExecutorStatistics,
+    FunctionRef,
+    Job,
+    State,
+    ensure_open,
+    future_safe,
+)
 
-__all__ = ["ProcessExecutor", "UnpicklableResult"]
+__all__ = ["ProcessExecutor", "RemoteError", "UnpicklableResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +79,10 @@ class _Protocol(asyncio.SubprocessProtocol):
             end = HEADER.size + size
             if len(buffer) < end:
                 return
-            message = pickle.loads(memoryview(buffer)[HEADER.size : end])
+            try:
+                message = pickle.loads(memoryview(buffer)[HEADER.size : end])
+            except Exception as exc:  # a result the worker could pickle and we cannot load
+                message = (CURRENT, UNPICKLABLE, "", f"the result cannot be unpickled: {exc!r}")
             del buffer[:end]
             if self.worker is not None:
                 self.worker.on_message(message)
@@ -75,20 +93,33 @@ class _Protocol(asyncio.SubprocessProtocol):
 
 
 class _Worker:
-    __slots__ = ("call", "loaded", "on_idle_exit", "pid", "protocol", "ready", "seq", "transport")
+    __slots__ = (
+        "call",
+        "loaded",
+        "on_exited",
+        "pid",
+        "protocol",
+        "ready",
+        "seq",
+        "served",
+        "transport",
+    )
 
     def __init__(
         self,
         transport: asyncio.SubprocessTransport,
         protocol: _Protocol,
-        on_idle_exit: Callable[[_Worker], None],
+        on_exited: Callable[[_Worker], None],
     ) -> None:
-        self.on_idle_exit = on_idle_exit
+        self.on_exited = on_exited
         self.transport = transport
         self.protocol = protocol
         self.pid: int = transport.get_pid()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.served = False
+        """Whether it became ready: only such a worker is replaced when it exits."""
         self.call: tuple[int, asyncio.Future[Any], str] | None = None
+        """The call it is running (seq, future, tool key); cleared when it answers or exits."""
         self.loaded: set[str] = set()
         self.seq = 0
         protocol.worker = self
@@ -123,11 +154,14 @@ class _Worker:
     def on_message(self, message: tuple[Any, ...]) -> None:
         seq, kind = message[0], message[1]
         if kind == READY:
+            self.served = True
             if not self.ready.done():
                 self.ready.set_result(None)
             return
         call = self.call
-        if call is None or call[0] != seq or call[1].done():
+        if call is None or call[1].done():
+            return
+        if call[0] != seq and seq != CURRENT:  # an answer to an earlier call: never expected
             return
         self.call = None
         future = call[1]
@@ -137,23 +171,36 @@ class _Worker:
             future.set_exception(_rebuild(message[2], message[3], message[4]))
         elif kind == UNPICKLABLE:
             future.set_exception(UnpicklableResult(message[3]))
+        elif kind == BAD_ARGUMENTS:
+            # The frame never loaded, so neither did a function sent by value in it: send again.
+            self.loaded.discard(call[2])
+            future.set_exception(
+                UsageError(f"the arguments cannot be loaded in the worker process: {message[3]}")
+            )
 
     def on_exit(self) -> None:
         code = self.transport.get_returncode()
         if not self.protocol.exited.done():
             self.protocol.exited.set_result(code)
         if not self.ready.done():
-            self.ready.set_exception(WorkerDied(f"worker process {self.pid} exited at start-up"))
+            self.ready.set_exception(
+                WorkerDied(f"worker process {self.pid} exited at start-up ({_describe_exit(code)})")
+            )
         call, self.call = self.call, None
         if call is not None and not call[1].done():
+            tool = call[2].partition("@")[0]
             call[1].set_exception(
                 WorkerDied(
-                    f"worker process died ({_describe_exit(code)}) while running tool {call[2]!r}"
+                    f"worker process died ({_describe_exit(code)}) while running tool {tool!r}"
                 )
             )
-        elif self.ready.done():
-            self.on_idle_exit(self)
         self.transport.close()
+        self.on_exited(self)
+
+    def close_stdin(self) -> None:
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
 
     def kill(self) -> None:
         if self.alive:
@@ -168,7 +215,7 @@ def _rebuild(pickled: bytes | None, type_name: str, message: str) -> BaseExcepti
         try:
             exc = pickle.loads(pickled)
             if isinstance(exc, BaseException):
-                return exc
+                return future_safe(exc)
         except Exception:
             pass
     return RemoteError(type_name, message)
@@ -187,6 +234,9 @@ def _describe_exit(code: int | None) -> str:
 
 class ProcessExecutor:
     """A warm pool of `size` worker processes, each running one call at a time.
+
+    A worker that exits after it became ready (a crash, a kill from outside, a kill for a timeout
+    or cancellation) is replaced at once; `statistics().replaced_workers` counts them.
 
     Args:
         size: Number of worker processes. Defaults to the number of CPUs.
@@ -212,6 +262,7 @@ class ProcessExecutor:
         self._start_timeout_s = start_timeout_s
         self._state = State.NEW
         self._workers: set[_Worker] = set()
+        """Every worker process that has not exited yet, busy, idle or being killed."""
         self._idle: collections.deque[_Worker] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
         self._spawning: set[asyncio.Task[None]] = set()
@@ -220,7 +271,13 @@ class ProcessExecutor:
         self._replaced = 0
 
     async def start(self) -> None:
-        """Start the workers and wait until each is ready. Idempotent."""
+        """Start the workers and wait until each is ready. Idempotent.
+
+        Raises:
+            WorkerDied: A worker exited or did not answer within `start_timeout_s`; the workers
+                that did start stay, and the next `start()` (or `run()`) starts the rest.
+            ClosedError: The pool was closed, before or while it started.
+        """
         if self._state is State.RUNNING:
             return
         ensure_open(self._state, "the process pool")
@@ -230,12 +287,19 @@ class ProcessExecutor:
             if self._started():  # another caller started it while we waited for the lock
                 return
             ensure_open(self._state, "the process pool")
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(self._size):
-                    tg.create_task(self._spawn())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(self._size - self.statistics().workers):
+                        self._track(tg.create_task(self._spawn()))
+            except ExceptionGroup as group:
+                # Every worker fails for the same reason, as a rule: report the first one.
+                raise group.exceptions[0] from None
+            # aclose() cancels the spawning workers rather than wait: then this start failed.
+            ensure_open(self._state, "the process pool")
             self._state = State.RUNNING
 
     def _started(self) -> bool:
+        # A method, not an inline test: mypy would keep the narrowing from before the `await`.
         return self._state is State.RUNNING
 
     async def run(self, job: Job) -> Any:
@@ -247,18 +311,18 @@ class ProcessExecutor:
         ref = job.ref()
         worker = await self._acquire()
         self._in_flight += 1
-        future: asyncio.Future[Any] | None = None
         try:
             try:
                 future = worker.send(job, ref, ref.key)
-            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            except Exception as exc:  # pickling runs arbitrary `__reduce__` code: any error
                 raise UsageError(
                     f"the arguments cannot be sent to a worker process: {exc}"
                 ) from exc
             return await future
         except BaseException:
-            if future is not None and not future.done():
-                # The call is still running in the worker: kill it so the work really stops.
+            if worker.call is not None:
+                # No answer yet (we were cancelled or timed out): the call is still running in
+                # the worker. Kill it so the work really stops; its exit starts a replacement.
                 await self._kill(worker)
             raise
         finally:
@@ -280,33 +344,34 @@ class ProcessExecutor:
         return [w.pid for w in self._workers if w.alive]
 
     async def aclose(self) -> None:
-        """Stop every worker: idle ones by closing their pipe, busy ones by killing. Idempotent."""
+        """Stop every worker: idle ones by closing their pipe, busy ones by killing. Idempotent.
+
+        Calls still waiting for a worker, and calls running, fail with `WorkerDied`.
+        """
         if self._state in (State.CLOSING, State.CLOSED):
             return
         self._state = State.CLOSING
         for task in list(self._spawning):
-            task.cancel()
-        if self._spawning:
-            await asyncio.gather(*self._spawning, return_exceptions=True)
+            task.cancel()  # each kills the worker it was starting
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(WorkerDied("the process pool closed"))
-        workers = list(self._workers)
-        for worker in workers:
+        for worker in list(self._workers):
             if worker.call is None:
-                stdin = worker.transport.get_pipe_transport(0)
-                if stdin is not None:
-                    stdin.close()
+                worker.close_stdin()  # it exits when it reads the end of its input
             else:
                 worker.kill()
-        for worker in workers:
-            try:
-                async with asyncio.timeout(5.0):
-                    await asyncio.shield(worker.protocol.exited)
-            except TimeoutError:
+        try:
+            if self._spawning:
+                await asyncio.gather(*self._spawning, return_exceptions=True)
+            for worker in list(self._workers):
+                await self._wait_for_exit(worker)
+        except BaseException:
+            # Cancelled while waiting: leave no process behind (SIGKILL needs no await).
+            for worker in list(self._workers):
                 worker.kill()
-                await asyncio.shield(worker.protocol.exited)
+            raise
         self._workers.clear()
         self._idle.clear()
         self._state = State.CLOSED
@@ -327,45 +392,62 @@ class ProcessExecutor:
             stderr=None,
             env=env,
         )
-        worker = _Worker(transport, protocol, self._on_idle_exit)
+        worker = _Worker(transport, protocol, self._on_exited)
         self._workers.add(worker)
         try:
             async with asyncio.timeout(self._start_timeout_s):
                 await worker.ready
+        except TimeoutError:
+            await self._kill(worker)
+            raise WorkerDied(
+                f"worker process {worker.pid} did not start within {self._start_timeout_s:g} s"
+            ) from None
         except BaseException:
-            worker.kill()
-            self._workers.discard(worker)
+            # Cancelled (the pool is closing, or a sibling failed to start) or dead: make sure
+            # the process is gone before we report, so no caller can leave it behind.
+            if worker.ready.done() and not worker.ready.cancelled():
+                worker.ready.exception()  # a start-up death met by a cancellation: seen, not lost
+            await self._kill(worker)
             raise
         self._release(worker)
 
-    def _on_idle_exit(self, worker: _Worker) -> None:
-        # An idle worker died (killed from outside, out of memory): replace it now, not when a
-        # call finds it dead.
+    def _track(self, task: asyncio.Task[None]) -> None:
+        # aclose() cancels and awaits these, so no worker is half-started when it returns.
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
+
+    def _on_exited(self, worker: _Worker) -> None:
+        self._workers.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-            self._workers.discard(worker)
+        # Replace a worker that served (crashed, killed from outside or for a timeout), not one
+        # that failed to start: that would retry a broken start-up forever.
+        if worker.served:
             self._replace()
 
     async def _acquire(self) -> _Worker:
-        while self._idle:
-            worker = self._idle.popleft()
+        while True:
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.alive:
+                    return worker
+            waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                worker = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._release(waiter.result())  # handed over just as we were cancelled
+                raise
             if worker.alive:
                 return worker
-        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release(waiter.result())  # handed over just as we were cancelled
-            raise
+            # It died between the hand-over and now; its exit has started a replacement.
 
     def _release(self, worker: _Worker) -> None:
-        if not worker.alive or worker.call is not None:
-            self._workers.discard(worker)
-            self._replace()
+        if worker.call is not None:
+            worker.kill()  # never hand on a worker that may still be running a call
             return
-        if self._state is not State.RUNNING and self._state is not State.NEW:
+        if not worker.alive or (self._state is not State.RUNNING and self._state is not State.NEW):
             return
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -378,15 +460,20 @@ class ProcessExecutor:
         if self._state in (State.CLOSING, State.CLOSED):
             return
         self._replaced += 1
-        task = asyncio.get_running_loop().create_task(self._spawn_logged())
-        self._spawning.add(task)
-        task.add_done_callback(self._spawning.discard)
+        self._track(asyncio.get_running_loop().create_task(self._spawn_logged()))
 
     async def _spawn_logged(self) -> None:
         try:
             await self._spawn()
         except Exception:
             logger.exception("could not start a replacement worker process")
+
+    async def _wait_for_exit(self, worker: _Worker) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(worker.protocol.exited)
+        except TimeoutError:
+            await self._kill(worker)
 
     async def _kill(self, worker: _Worker) -> None:
         worker.kill()

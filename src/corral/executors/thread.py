@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import UsageError
-from corral.executors.base import ExecutorStatistics, Job, State, ensure_open
+from corral.executors.base import ExecutorStatistics, Job, State, ensure_open, future_safe
 
 __all__ = ["ThreadExecutor"]
 
@@ -46,6 +46,9 @@ _STOP = None
 class ThreadExecutor:
     """A pool of up to `max_threads` threads; threads start on demand and exit when idle.
 
+    The pool serves one event loop at a time: a call from another loop (the registry's next one,
+    after the first closed) takes it over.
+
     Args:
         max_threads: The most threads at once. Calls beyond it wait in FIFO order.
         idle_timeout_s: An idle thread exits after this many seconds.
@@ -59,6 +62,8 @@ class ThreadExecutor:
     ) -> None:
         if max_threads < 1:
             raise UsageError(f"max_threads must be at least 1, got {max_threads!r}")
+        if idle_timeout_s <= 0:
+            raise UsageError(f"idle_timeout_s must be positive, got {idle_timeout_s!r}")
         self._max_threads = max_threads
         self._idle_timeout_s = idle_timeout_s
         self._close_timeout_s = close_timeout_s
@@ -66,6 +71,9 @@ class ThreadExecutor:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
+        # Threads not running a call minus calls in the queue (cancelled ones included): above
+        # zero, that many threads wait with nothing to do; below, that many calls wait for a
+        # busy thread. Spawning and retiring read it under `_lock`.
         self._idle = 0
         self._queued = 0
         self._in_flight = 0
@@ -77,16 +85,18 @@ class ThreadExecutor:
     async def run(self, job: Job) -> Any:
         """Run `job` in a thread. Cancellation before the thread starts removes the call."""
         ensure_open(self._state, "the thread executor")
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
         item = _Item(job, loop.create_future())
         with self._lock:
             self._queued += 1
-            spawn = self._idle == 0 and self._threads < self._max_threads
+            spawn = self._idle <= 0 and self._threads < self._max_threads
             if spawn:
                 self._threads += 1
-            elif self._idle > 0:
+            else:
+                # An idle thread will take it or, when `_idle` goes negative, the next thread to
+                # finish a call. Counting it either way keeps retirement from stranding it.
                 self._idle -= 1
         self._queue.put(item)
         if spawn:
@@ -112,11 +122,13 @@ class ThreadExecutor:
         if self._state in (State.CLOSING, State.CLOSED):
             return
         self._state = State.CLOSING
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
         with self._lock:
             threads = self._threads
             if threads:
                 self._all_exited = asyncio.Event()
-                self._loop = asyncio.get_running_loop()
         for _ in range(threads):
             self._queue.put(_STOP)
         if threads and self._all_exited is not None:
@@ -131,29 +143,44 @@ class ThreadExecutor:
                 )
         self._state = State.CLOSED
 
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The pool serves one loop at a time (the registry's). A new one arrives when the old one
+        # has closed, perhaps with a wake-up scheduled that will never run: wake the new loop
+        # once, so `_wake_pending` cannot stay set and finished calls are delivered.
+        with self._lock:
+            self._loop = loop
+            self._wake_pending = True
+        loop.call_soon(self._deliver, loop)
+
     def _work(self) -> None:
+        counted = True
         try:
-            while True:
-                item = self._next_item()
-                if item is _STOP:
-                    return
+            while (item := self._next_item()) is not None:
                 ok, value = self._call(item.job)
                 self._finish(item, ok, value)
+            counted = False  # `_next_item` uncounted this thread when it chose to exit
         finally:
-            self._exit_thread()
+            _close_thread_loop()
+            self._exit_thread(counted)
 
     def _next_item(self) -> _Item | None:
+        """Return the next live call, or None once this thread has been uncounted to exit."""
         while True:
             try:
                 item = self._queue.get(timeout=self._idle_timeout_s)
             except queue.Empty:
                 with self._lock:
-                    if self._idle > 0:  # nobody is counting on this thread: retire it
+                    if self._idle > 0:  # more idle threads than queued calls: retire this one
+                        # Uncount it in the same critical section: a call arriving in between
+                        # would otherwise count on a thread that is leaving and wait forever.
                         self._idle -= 1
-                        return _STOP
+                        self._threads -= 1
+                        return None
                 continue
             if item is _STOP:
-                return _STOP
+                with self._lock:
+                    self._threads -= 1
+                return None
             with self._lock:
                 if item.cancelled:
                     self._idle += 1
@@ -171,37 +198,43 @@ class ThreadExecutor:
                 return True, loop.run_until_complete(job.fn(**job.kwargs))
             return True, job.fn(**job.kwargs)
         except BaseException as exc:
-            return False, exc
+            return False, future_safe(exc)
 
     def _finish(self, item: _Item, ok: bool, value: Any) -> None:
         with self._lock:
             self._in_flight -= 1
             self._idle += 1
             self._done.append((item, ok, value))
-            wake = not self._wake_pending
+            loop = self._loop
+            if self._wake_pending or loop is None:  # (None: no call has bound a loop yet)
+                return
             self._wake_pending = True
-        if wake:
-            try:
-                item.future.get_loop().call_soon_threadsafe(self._deliver)
-            except RuntimeError:  # the loop has closed: nobody is waiting any more
-                pass
+        try:
+            loop.call_soon_threadsafe(self._deliver, loop)
+        except RuntimeError:  # the loop has closed; a call from the next loop re-binds
+            with self._lock:
+                if self._loop is loop:
+                    self._wake_pending = False
 
-    def _deliver(self) -> None:
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             done, self._done = self._done, []
             self._wake_pending = False
         for item, ok, value in done:
-            if item.future.done():
+            future = item.future
+            if future.done():  # cancelled: nobody is waiting any more
                 continue
-            if ok:
-                item.future.set_result(value)
+            if future.get_loop() is not loop:  # a call from another loop than the pool's now
+                _settle_threadsafe(future, ok, value)
+            elif ok:
+                future.set_result(value)
             else:
-                item.future.set_exception(value)
+                future.set_exception(value)
 
-    def _exit_thread(self) -> None:
-        _close_thread_loop()
+    def _exit_thread(self, counted: bool) -> None:
         with self._lock:
-            self._threads -= 1
+            if counted:  # left by an unexpected error, not through `_next_item`
+                self._threads -= 1
             last = self._threads == 0
             event, loop = self._all_exited, self._loop
         if last and event is not None and loop is not None:
@@ -209,6 +242,21 @@ class ThreadExecutor:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:
                 pass
+
+
+def _settle_threadsafe(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    def settle() -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    try:
+        future.get_loop().call_soon_threadsafe(settle)
+    except RuntimeError:  # that loop has closed: nobody is waiting any more
+        pass
 
 
 _local = threading.local()

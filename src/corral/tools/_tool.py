@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from corral.tools._resources import ResourceTemplate
 
 __all__ = ["Tool", "ToolContext", "check_name", "check_mode"]
 
+_SERIAL = itertools.count(1)
 _EXCLUSIVE = (Claim(EXCLUSIVE_RESOURCE, write=True),)
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MODES = ("async", "thread", "process")
@@ -108,7 +110,9 @@ class Tool:
     def function_ref(self) -> FunctionRef:
         """Return how a worker process finds this tool's function (computed once)."""
         if not self._ref:
-            self._ref.append(FunctionRef.for_function(self.fn, f"{self.name}@{id(self.fn):x}"))
+            # A process-wide serial, not id(fn): ids are reused after garbage collection, and a
+            # worker would run the old function it cached under the same key.
+            self._ref.append(FunctionRef.for_function(self.fn, f"{self.name}@{next(_SERIAL)}"))
         return self._ref[0]
 
     def to_openai(self) -> dict[str, Any]:
