@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -69,6 +69,45 @@ def bench_tools(
         run_tools_bench(options)
     except BenchError as exc:
         typer.secho(f"corral bench tools: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+mcp_app = typer.Typer(
+    help="Model Context Protocol: corral's tools for MCP clients.", no_args_is_help=True
+)
+app.add_typer(mcp_app, name="mcp")
+
+
+@mcp_app.command("serve")
+def mcp_serve(
+    tools: Annotated[
+        list[str],
+        typer.Option(
+            "--tools",
+            help="module:attribute of a ToolRegistry, of a function returning one, or of a tool "
+            "function; repeatable.",
+        ),
+    ],
+    transport: Annotated[
+        Literal["stdio", "http"], typer.Option(help="stdio, or streamable HTTP.")
+    ] = "stdio",
+    host: Annotated[str, typer.Option(help="HTTP: the address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP: the port.")] = 8765,
+    path: Annotated[str, typer.Option(help="HTTP: the MCP endpoint's path.")] = "/mcp",
+    app_dir: Annotated[
+        str, typer.Option(help="Put this directory on sys.path first (default: the current one).")
+    ] = ".",
+) -> None:
+    """Serve a registry's tools as an MCP server: each call runs through corral's scheduler."""
+    from corral.cli.mcp import ServeError, ServeOptions, run_serve
+
+    options = ServeOptions(
+        tools=tuple(tools), transport=transport, host=host, port=port, path=path, app_dir=app_dir
+    )
+    try:
+        run_serve(options)
+    except ServeError as exc:
+        typer.secho(f"corral mcp serve: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 
 

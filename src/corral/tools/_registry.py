@@ -256,21 +256,38 @@ class ToolRegistry:
         *,
         namespace: str | None = None,
         headers: Mapping[str, str] | None = None,
+        connect_timeout_s: float = 30.0,
+        reconnect_window_s: float = 5.0,
+        backoff: Backoff | None = None,
     ) -> list[Tool]:
         """Register the tools of an MCP server, over one persistent session.
 
         Args:
-            target: A command (a string or an argv list) for a stdio server, or an http(s) URL of
-                an SSE or streamable HTTP endpoint.
+            target: A command (a string or an argv list) for a stdio server, or an http(s) URL:
+                a path ending in `/sse` is an SSE endpoint; any other URL is tried as streamable
+                HTTP first, then as SSE.
             namespace: Prefix for tool names.
             headers: Sent with every HTTP request to the server.
+            connect_timeout_s: Bound on opening a session (transport and handshake).
+            reconnect_window_s: How long a call keeps trying to reopen a dropped session.
+            backoff: Timing of those reconnection attempts.
 
-        The session opens now and is closed by `aclose()`; calls to one server are in flight at
-        once over it.
+        The session opens now, on the running event loop (run batches on that loop), and is
+        closed by `aclose()`; calls to one server are in flight at once over it. After the
+        session drops, the next call reconnects; a call in flight when it broke is retried once
+        only if the tool is read-only or idempotent, else it fails with `OutcomeUnknown`.
         """
         from corral.tools._mcp import register_mcp
 
-        return await register_mcp(self, target, namespace=namespace, headers=headers)
+        return await register_mcp(
+            self,
+            target,
+            namespace=namespace,
+            headers=headers,
+            connect_timeout_s=connect_timeout_s,
+            reconnect_window_s=reconnect_window_s,
+            backoff=backoff,
+        )
 
     def attach(self, source: SupportsAclose) -> None:
         """Tie a connection's lifetime to the registry: `aclose()` closes it, newest first."""
