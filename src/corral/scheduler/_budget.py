@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -64,7 +65,10 @@ class Budget:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # granted just as we were cancelled: hand the slot on
             else:
-                self._waiters.remove(waiter)
+                # `_wake` may already have popped (and skipped) our cancelled future: a release
+                # between `task.cancel()` and this task's next step does that.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:

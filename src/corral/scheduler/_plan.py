@@ -9,12 +9,16 @@ edge that may point either way; everything else is free to overlap.
 Edges are built against the frontier of each resource (its last writer and the readers since), not
 against every earlier claim: the order between all conflicting pairs still follows transitively, and
 a batch of n calls costs O(n) dictionary work instead of O(n²) pair checks.
+
+Transitive order needs every call on the way to take its turn. A call that cannot run (a bad
+`depends_on`, a cycle) is settled as the batch starts, so the planner adds order-only edges around
+it: from each call before it to each call after it, as if it had run in its turn.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Claim", "Edge", "EdgeKind", "Plan", "PlanItem", "make_plan"]
@@ -43,6 +47,8 @@ class EdgeKind(enum.Enum):
     """The later call named the earlier one in `depends_on`: skipped if it failed."""
     EXCLUSIVE = "exclusive"
     """Both are undeclared tools, run one at a time; a failure does not skip the next."""
+    ORDER = "order"
+    """They were ordered through calls that cannot run; order only, a failure does not skip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,8 @@ class Edge:
     @property
     def propagates_failure(self) -> bool:
         """Whether `after` is skipped when `before` did not succeed."""
-        return self.kind is not EdgeKind.EXCLUSIVE
+        kind = self.kind  # identity tests: this runs for every edge of every call that starts
+        return kind is EdgeKind.RESOURCE or kind is EdgeKind.EXPLICIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +106,17 @@ def make_plan(items: Sequence[PlanItem]) -> Plan:
             edges.extend(frontier.add(index, claim))
     edges.extend(_explicit_edges(items, errors))
     edges = _dedupe(edges)
-    incoming: list[list[Edge]] = [[] for _ in items]
-    outgoing: list[list[Edge]] = [[] for _ in items]
-    for edge in edges:
-        incoming[edge.after].append(edge)
-        outgoing[edge.before].append(edge)
+    incoming, outgoing = _index(len(items), edges)
     if any(e.before > e.after for e in edges):
         for cycle in _cycles(len(items), outgoing):
             names = ", ".join(repr(items[i].id) for i in sorted(cycle))
             for i in cycle:
                 errors.setdefault(i, f"depends_on forms a cycle among calls {names}")
+    if errors:
+        bypass = _bypass_edges(outgoing, errors)
+        if bypass:
+            edges.extend(bypass)
+            incoming, outgoing = _index(len(items), edges)
     return Plan(
         ids=tuple(item.id for item in items),
         claims=tuple(item.claims for item in items),
@@ -117,6 +125,15 @@ def make_plan(items: Sequence[PlanItem]) -> Plan:
         outgoing=tuple(tuple(e) for e in outgoing),
         errors=errors,
     )
+
+
+def _index(n: int, edges: Sequence[Edge]) -> tuple[list[list[Edge]], list[list[Edge]]]:
+    incoming: list[list[Edge]] = [[] for _ in range(n)]
+    outgoing: list[list[Edge]] = [[] for _ in range(n)]
+    for edge in edges:
+        incoming[edge.after].append(edge)
+        outgoing[edge.before].append(edge)
+    return incoming, outgoing
 
 
 class _Frontier:
@@ -132,7 +149,8 @@ class _Frontier:
     def add(self, index: int, claim: Claim) -> list[Edge]:
         kind = EdgeKind.EXCLUSIVE if claim.resource == EXCLUSIVE_RESOURCE else EdgeKind.RESOURCE
         edges: list[Edge] = []
-        for key in self._related(claim.resource):
+        own, related = self._related(claim.resource)
+        for key in related:
             last = self._last_write.get(key)
             if last is not None and last != index:
                 edges.append(Edge(last, index, kind, claim.resource))
@@ -143,28 +161,35 @@ class _Frontier:
                     if r != index
                 )
         if claim.write:
-            self._last_write[claim.resource] = index
-            self._reads[claim.resource] = []
+            self._last_write[own] = index
+            self._reads[own] = []
         else:
-            self._reads.setdefault(claim.resource, []).append(index)
+            self._reads.setdefault(own, []).append(index)
         return edges
 
-    def _related(self, resource: str) -> list[str]:
-        """Return the keys that conflict with `resource`: itself, and paths above and below it."""
+    def _related(self, resource: str) -> tuple[str, list[str]]:
+        """Return the key of `resource` and the keys that conflict with it.
+
+        Those are the key itself and, for a path, the known paths above and below it.
+        """
         scheme, sep, value = resource.partition(":")
         if not sep or not value.startswith("/"):
-            return [resource]
+            return resource, [resource]
+        # `/a/` and `/a` name one directory: without one key for both, `file:/a` followed by
+        # `file:/a/` would not conflict (the prefix scan finds only the other order).
+        value = value.rstrip("/")
+        key = f"{scheme}:{value or '/'}"
         known = self._paths.setdefault(scheme, set())
-        known.add(resource)
-        related = [resource]
-        parts = value.rstrip("/").split("/")
+        known.add(key)
+        related = [key]
+        parts = value.split("/")
         for depth in range(1, len(parts)):
             ancestor = f"{scheme}:{'/'.join(parts[:depth]) or '/'}"
             if ancestor in known:
                 related.append(ancestor)
-        prefix = resource.rstrip("/") + "/"
-        related.extend(k for k in known if k.startswith(prefix))
-        return related
+        prefix = f"{scheme}:{value}/"  # for the root `scheme:/` this matches the key itself
+        related.extend(k for k in known if k.startswith(prefix) and k != key)
+        return key, related
 
 
 def _explicit_edges(items: Sequence[PlanItem], errors: dict[int, str]) -> list[Edge]:
@@ -195,6 +220,34 @@ def _dedupe(edges: list[Edge]) -> list[Edge]:
         if seen is None or (not seen.propagates_failure and edge.propagates_failure):
             best[key] = edge
     return list(best.values())
+
+
+def _bypass_edges(outgoing: Sequence[Sequence[Edge]], errors: Mapping[int, str]) -> list[Edge]:
+    """Return order-only edges past the calls in `errors`, which never take their turn.
+
+    They are settled as the batch starts. Without these edges, in `u0 -> bad -> u2` (undeclared
+    tools, `bad` naming an unknown call) `u2` would be released at once and run beside `u0`.
+    """
+    existing = {(e.before, e.after) for edges in outgoing for e in edges}
+    added: list[Edge] = []
+    for before, edges in enumerate(outgoing):
+        if before in errors:
+            continue
+        stack = [e.after for e in edges if e.after in errors]
+        seen: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            for edge in outgoing[node]:
+                after = edge.after
+                if after in errors:
+                    stack.append(after)
+                elif after != before and (before, after) not in existing:
+                    existing.add((before, after))
+                    added.append(Edge(before, after, EdgeKind.ORDER))
+    return added
 
 
 def _cycles(n: int, outgoing: Sequence[Sequence[Edge]]) -> list[set[int]]:

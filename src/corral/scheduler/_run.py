@@ -30,7 +30,12 @@ class Policy(enum.StrEnum):
     BEST_EFFORT = "best_effort"
     """Every call that can run, runs; a call whose predecessor failed is skipped."""
     FAIL_FAST = "fail_fast"
-    """The first failure cancels every other call; they come back `cancelled`."""
+    """The first failure cancels every other call; they come back `cancelled`.
+
+    Calls that could not start at all (bad arguments, an unknown tool or dependency) keep their own
+    `error`, and the batch deadline ends every unfinished call as `timeout`: it fails them all at
+    once rather than one first.
+    """
 
 
 @dataclass(slots=True)
@@ -115,11 +120,13 @@ class _Batch:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._draining = True  # record every up-front failure before anything starts
+                failed: list[tuple[int, Status, ErrorInfo]] = []
                 for index, node in enumerate(self._nodes):
                     error = self._plan.errors.get(index)
                     if node.prepared.error is not None or error is not None:
                         info = node.prepared.error or ErrorInfo("DependencyError", error or "")
-                        self._complete(index, Status.ERROR, info)
+                        failed.append((index, Status.ERROR, info))
+                self._complete_all(failed)
                 self._draining = False
                 self._ready.extend(i for i, n in enumerate(self._nodes) if n.pending == 0)
                 self._drain()
@@ -168,7 +175,17 @@ class _Batch:
             self._complete(index, Status.SKIPPED, ErrorInfo("Skipped", reason))
             return
         assert self._tg is not None
-        node.task = self._tg.create_task(self._run_one(index))
+        coro = self._run_one(index)
+        try:
+            node.task = self._tg.create_task(coro)
+        except RuntimeError:
+            # The TaskGroup is shutting down because the batch is being cancelled, yet a call
+            # finished and readied this one: a tool that swallowed its CancelledError and
+            # returned. Start nothing; the batch raises CancelledError, not this RuntimeError.
+            coro.close()
+            self._complete(
+                index, Status.CANCELLED, ErrorInfo("Cancelled", "the batch was cancelled")
+            )
 
     def _failed_predecessor(self, index: int) -> str | None:
         for edge in self._plan.incoming[index]:
@@ -193,9 +210,6 @@ class _Batch:
         node = self._nodes[index]
         if node.result is not None:
             return
-        if node.counted:
-            node.counted = False
-            self._counters.waiting -= 1
         prepared = node.prepared
         node.result = ToolResult(
             id=prepared.id,
@@ -207,10 +221,34 @@ class _Batch:
             finished_at=time.perf_counter() if started_at is not None else None,
             mode=mode,
         )
+        self._settle(index)
+
+    def _complete_all(self, outcomes: Sequence[tuple[int, Status, ErrorInfo]]) -> None:
+        # Record every outcome before any of them acts: otherwise the first one's fail_fast (or
+        # its readied successors) would overwrite the others' own errors with `cancelled`.
+        for index, status, error in outcomes:
+            node = self._nodes[index]
+            node.result = ToolResult(node.prepared.id, node.prepared.name, status, error=error)
+        for index, _, _ in outcomes:
+            self._settle(index)
+
+    def _settle(self, index: int) -> None:
+        """Act on the outcome just recorded for call `index`: report it, ready its successors."""
+        node = self._nodes[index]
+        result = node.result
+        assert result is not None
+        if node.counted:
+            node.counted = False
+            self._counters.waiting -= 1
         if self._on_result is not None:
-            self._on_result(node.result)
-        if status is not Status.OK and self._policy is Policy.FAIL_FAST and self._failure is None:
-            self._fail_fast(prepared, status)
+            self._on_result(result)
+        if (
+            result.status is not Status.OK
+            and self._policy is Policy.FAIL_FAST
+            and self._failure is None
+            and not self._expired  # the batch deadline is every call's timeout, not a failure
+        ):
+            self._fail_fast(node.prepared, result.status)
         for edge in self._plan.outgoing[index]:
             succ = self._nodes[edge.after]
             succ.pending -= 1
@@ -233,12 +271,19 @@ class _Batch:
 
     def _expire(self) -> None:
         self._expired = True
-        for index, node in enumerate(self._nodes):
-            if node.result is None and node.task is None:
-                self._complete(index, Status.TIMEOUT, self._batch_timeout_info(index))
+        waiting = [
+            i for i, node in enumerate(self._nodes) if node.result is None and node.task is None
+        ]
+        # Describe them all before settling any: a settled call readies its successors, which
+        # would then be reported as waiting for nothing.
+        self._complete_all([(i, Status.TIMEOUT, self._batch_timeout_info(i)) for i in waiting])
 
     def _batch_timeout_info(self, index: int) -> ErrorInfo:
-        waits = [self._plan.ids[e.before] for e in self._plan.incoming[index]]
+        waits = [
+            self._plan.ids[e.before]
+            for e in self._plan.incoming[index]
+            if self._nodes[e.before].result is None
+        ]
         detail = f" while waiting for {', '.join(map(repr, waits))}" if waits else ""
         return ErrorInfo(
             "TimeoutError", f"the batch timeout of {self._timeout_s:g} s expired{detail}"
@@ -284,9 +329,10 @@ class _Batch:
                 mode=prepared.executor.name,
             )
             return
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             task = asyncio.current_task()
-            if node.cancel_requested and task is not None and task.uncancel() == 0:
+            assert task is not None
+            if node.cancel_requested and task.uncancel() == 0:
                 self._complete(
                     index,
                     Status.CANCELLED,
@@ -294,6 +340,12 @@ class _Batch:
                     started_at=started_at,
                     mode=prepared.executor.name,
                 )
+                return
+            if task.cancelling() == 0:
+                # Nobody cancelled this task: the tool raised CancelledError itself (say, it
+                # awaited a future someone else cancelled). That is its failure, like a tool's own
+                # TimeoutError; re-raising would end the task with no outcome for the call.
+                self._fail(index, exc, started_at, prepared)
                 return
             raise
         except Exception as exc:
