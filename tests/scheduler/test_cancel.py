@@ -15,11 +15,6 @@ from corral import Status, ToolRegistry
 from corral.testing import Gate
 from tests.scheduler.helpers import MakeRegistry, call, closing
 
-STREAM_BREAK_BUG = (
-    "ToolRegistry.stream yields inside a TaskGroup: closing the generator early raises "
-    "BaseExceptionGroup([GeneratorExit]) out of aclose() instead of ending quietly"
-)
-
 
 async def forever() -> None:
     await asyncio.Event().wait()
@@ -191,7 +186,6 @@ async def test_stream_includes_skipped_and_up_front_failures(registry: ToolRegis
     assert results == {"a": Status.ERROR, "b": Status.SKIPPED, "c": Status.ERROR}
 
 
-@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup, reason=STREAM_BREAK_BUG)
 async def test_breaking_out_of_a_stream_cancels_the_rest(registry: ToolRegistry) -> None:
     cancelled = asyncio.Event()
 

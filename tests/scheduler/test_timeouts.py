@@ -243,3 +243,25 @@ async def test_a_thread_that_times_out_comes_back_on_time_and_counts_until_it_en
 async def test_a_bad_batch_timeout_is_a_usage_error(registry: ToolRegistry, bad: object) -> None:
     with pytest.raises(corral.UsageError, match="timeout must be a positive number of seconds"):
         await registry.execute([], timeout=bad)  # type: ignore[arg-type]
+
+
+async def test_a_running_call_can_read_its_own_deadline(registry: ToolRegistry) -> None:
+    from corral._deadline import remaining_s
+
+    @registry.tool(read_only=True)
+    async def how_long() -> float | None:
+        return remaining_s()
+
+    results = await registry.execute(
+        [
+            corral.ToolCall("own", "how_long", {}, timeout=LONG),
+            corral.ToolCall("none", "how_long", {}),
+        ]
+    )
+    own, none = results
+    assert own.value is not None
+    assert LONG - 5 < own.value <= LONG
+    assert none.value is None
+    (batch,) = await registry.execute([corral.ToolCall("b", "how_long", {})], timeout=LONG / 2)
+    assert batch.value is not None
+    assert LONG / 2 - 5 < batch.value <= LONG / 2

@@ -422,3 +422,27 @@ def test_parameter_names_that_basemodel_uses_still_work() -> None:
     )
     reg.close()
     assert results[0].value == "['k']jm1"
+
+
+def test_str_parameters_in_file_templates_are_resolved_too(tmp_path: Path) -> None:
+    reg = corral.ToolRegistry(cwd=tmp_path)
+    got: dict[str, object] = {}
+
+    @reg.tool(writes="file:{name}", reads="memory:{key}")
+    def save(name: str, key: str, names: list[str] | None = None) -> None:
+        got["save"] = (name, key)
+
+    @reg.tool(read_only=True, reads="file:{names}")
+    def load(names: list[str]) -> None:
+        got["load"] = names
+
+    reg.execute_sync(
+        [
+            ToolCall("s", "save", {"name": "a/../b.txt", "key": "k"}),
+            ToolCall("l", "load", {"names": ["x", "/abs/y"]}),
+        ]
+    )
+    reg.close()
+    assert got["save"] == (f"{tmp_path}/b.txt", "k")  # memory keys are left alone
+    assert got["load"] == [f"{tmp_path}/x", "/abs/y"]
+    assert reg.get("save").path_params == ("name",)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from corral.scheduler import EXCLUSIVE_RESOURCE, Status, ToolResults
+from corral.scheduler import EXCLUSIVE_RESOURCE, Edge, EdgeKind, Status, ToolResults
 
 __all__ = ["timeline_table"]
 
@@ -43,7 +43,7 @@ def timeline_table(
             touches = ", ".join(_claim(c.resource, c.write, base) for c in claims) or "nothing"
             edges = plan.incoming[index]
             waited = (
-                ", ".join(f"{plan.ids[e.before]} ({_why(e.resource, base)})" for e in edges) or "-"
+                ", ".join(f"{plan.ids[e.before]} ({_why(e, base)})" for e in edges) or "-"
             )
         start = end = "-"
         bar = Text(" " * width)
@@ -75,12 +75,14 @@ def _claim(resource: str, write: bool, base: str | None) -> str:
     return f"{'writes' if write else 'reads'} {_short(resource, base)}"
 
 
-def _why(resource: str | None, base: str | None) -> str:
-    if resource is None:
+def _why(edge: Edge, base: str | None) -> str:
+    if edge.kind is EdgeKind.EXPLICIT:
         return "depends_on"
-    if resource == EXCLUSIVE_RESOURCE:
+    if edge.kind is EdgeKind.EXCLUSIVE:
         return "undeclared: one at a time"
-    return _short(resource, base)
+    if edge.kind is EdgeKind.ORDER or edge.resource is None:
+        return "order kept around a call that could not run"
+    return _short(edge.resource, base)
 
 
 def _short(resource: str, base: str | None) -> str:

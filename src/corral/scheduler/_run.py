@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral._deadline import current_deadline
 from corral.executors.base import Executor, Job
 from corral.scheduler._budget import Budget
 from corral.scheduler._outcome import ErrorInfo, Status, ToolResult
@@ -298,33 +299,39 @@ class _Batch:
         assert prepared.executor is not None
         started_at: float | None = None
         phase = "budget"
-        call_cm: asyncio.Timeout | None = None
+        expired: asyncio.Timeout | None = None
         held: list[Budget] = []
         try:
-            async with asyncio.timeout_at(self._deadline) as batch_cm:
-                try:
-                    for budget in prepared.budgets:
-                        await budget.acquire()
-                        held.append(budget)
-                    if node.counted:
-                        node.counted = False
-                        self._counters.waiting -= 1
-                    phase = "run"
-                    call_deadline = self._call_deadline(prepared)
-                    started_at = time.perf_counter()
-                    async with asyncio.timeout_at(call_deadline) as call_cm:
+            try:
+                if prepared.budgets:
+                    # Waiting for a slot counts against the batch, not against the call.
+                    async with asyncio.timeout_at(self._deadline) as expired:
+                        for budget in prepared.budgets:
+                            await budget.acquire()
+                            held.append(budget)
+                if node.counted:
+                    node.counted = False
+                    self._counters.waiting -= 1
+                phase = "run"
+                deadline = self._call_deadline(prepared)
+                current_deadline.set(deadline)  # this task's own context: the tool may read it
+                started_at = time.perf_counter()
+                if deadline is None:  # no timer to arm: the common case costs nothing extra
+                    value = await prepared.executor.run(prepared.job)
+                else:
+                    async with asyncio.timeout_at(deadline) as expired:
                         value = await prepared.executor.run(prepared.job)
-                finally:
-                    for budget in reversed(held):
-                        budget.release()
+            finally:
+                for budget in reversed(held):
+                    budget.release()
         except TimeoutError as exc:
-            if not (batch_cm.expired() or (call_cm is not None and call_cm.expired())):
+            if expired is None or not expired.expired():
                 self._fail(index, exc, started_at, prepared)  # the tool raised it itself
                 return
             self._complete(
                 index,
                 Status.TIMEOUT,
-                self._timeout_info(prepared, phase, batch_cm.expired()),
+                self._timeout_info(prepared, phase, expired.when()),
                 started_at=started_at,
                 mode=prepared.executor.name,
             )
@@ -361,7 +368,8 @@ class _Batch:
         own = self._loop.time() + prepared.timeout_s
         return own if self._deadline is None else min(own, self._deadline)
 
-    def _timeout_info(self, prepared: Prepared, phase: str, batch_expired: bool) -> ErrorInfo:
+    def _timeout_info(self, prepared: Prepared, phase: str, when: float | None) -> ErrorInfo:
+        batch_expired = self._deadline is not None and when is not None and when >= self._deadline
         if batch_expired or prepared.timeout_s is None:
             where = "while it waited for a budget slot" if phase == "budget" else "while it ran"
             return ErrorInfo(

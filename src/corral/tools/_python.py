@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral._types import Mode
 from corral.errors import ToolArgumentsInvalid, UsageError
-from corral.tools._resources import templates
+from corral.tools._resources import file_fields, templates
 from corral.tools._tool import Tool, ToolContext, check_mode, check_name
 
 __all__ = ["ToolOptions", "build_tool", "class_methods", "tool"]
@@ -108,7 +108,9 @@ def build_tool(fn: Callable[..., Any], options: ToolOptions) -> Tool:
         read_only=options.read_only,
         reads=reads,
         writes=writes,
-        path_params=tuple(path_params),
+        # Path-typed parameters, and those a `file:` template names: both are resolved against
+        # the cwd before the tool sees them, so the tool opens the file the scheduler ordered.
+        path_params=tuple(dict.fromkeys([*path_params, *file_fields((*reads, *writes))])),
         mode=mode,
         timeout_s=float(options.timeout) if options.timeout is not None else None,
         limit=options.limit,

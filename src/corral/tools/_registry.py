@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -401,7 +401,7 @@ class ToolRegistry:
         policy: Literal["best_effort", "fail_fast"] = "best_effort",
         cwd: str | os.PathLike[str] | None = None,
         context: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[ToolResult]:
+    ) -> AsyncGenerator[ToolResult, None]:
         """Yield each call's result as soon as it finishes.
 
         Leaving the loop early cancels the calls still running (wrap the iterator in
@@ -412,11 +412,20 @@ class ToolRegistry:
         )
         if self._home.foreign() is not None:
             raise UsageError("stream() must run on the event loop the registry is bound to")
-        queue: asyncio.Queue[ToolResult] = asyncio.Queue()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._run(calls, prepared, plan, options, queue.put_nowait))
-            for _ in range(len(prepared)):
-                yield await queue.get()
+        queue: asyncio.Queue[ToolResult | None] = asyncio.Queue()
+        # The batch runs in a task this generator owns and awaits in `finally`, rather than in a
+        # TaskGroup around the `yield`: closing the generator early throws GeneratorExit at the
+        # yield, which a TaskGroup would wrap into an exception group.
+        runner = asyncio.create_task(self._run(calls, prepared, plan, options, queue.put_nowait))
+        runner.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (result := await queue.get()) is not None:
+                yield result
+        finally:
+            if not runner.done():
+                runner.cancel()
+                await asyncio.wait([runner])
+        runner.result()  # the batch's own failure, if any, reaches the consumer
 
     def plan(self, tool_calls: Iterable[Any], *, cwd: str | os.PathLike[str] | None = None) -> Plan:
         """Return the order a batch would run in, without running it."""

@@ -13,7 +13,13 @@ from typing import Any
 from corral.errors import UsageError
 from corral.scheduler import Claim
 
-__all__ = ["ResourceTemplate", "normalize_path", "normalize_path_arguments", "templates"]
+__all__ = [
+    "ResourceTemplate",
+    "file_fields",
+    "normalize_path",
+    "normalize_path_arguments",
+    "templates",
+]
 
 _FORMATTER = string.Formatter()
 _MAX_EXPANSION = 1024
@@ -115,12 +121,30 @@ def templates(
 
 
 def normalize_path_arguments(arguments: dict[str, Any], names: Sequence[str], cwd: str) -> None:
-    """Replace path-typed arguments in place with their absolute, normalised form."""
+    """Replace path arguments in place with their absolute, normalised form (same type)."""
     for name in names:
         value = arguments.get(name)
-        if isinstance(value, PurePath):
-            arguments[name] = type(value)(normalize_path(value, cwd))
-        elif isinstance(value, list | tuple):
-            arguments[name] = type(value)(
-                type(v)(normalize_path(v, cwd)) if isinstance(v, PurePath) else v for v in value
-            )
+        if isinstance(value, list | tuple):
+            arguments[name] = type(value)(_normalized(v, cwd) for v in value)
+        elif value is not None:
+            arguments[name] = _normalized(value, cwd)
+
+
+def _normalized(value: Any, cwd: str) -> Any:
+    if isinstance(value, PurePath):
+        return type(value)(normalize_path(value, cwd))
+    if isinstance(value, str):
+        return normalize_path(value, cwd)
+    return value
+
+
+def file_fields(templates: Iterable[ResourceTemplate]) -> list[str]:
+    """Return the parameters named bare in `file:` templates: they hold paths."""
+    names: list[str] = []
+    for template in templates:
+        if not template.template.startswith("file:"):
+            continue
+        for _, name, _, _ in template.pieces:
+            if name and name.isidentifier() and name not in names:
+                names.append(name)
+    return names

@@ -71,6 +71,7 @@ class Tool:
     reads: tuple[ResourceTemplate, ...] = ()
     writes: tuple[ResourceTemplate, ...] = ()
     path_params: tuple[str, ...] = ()
+    """Parameters holding paths (typed as paths, or named in a `file:` template)."""
     claims_fn: Callable[[Mapping[str, Any], str], list[Claim]] | None = field(
         default=None, repr=False
     )
