@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from corral.executors.base import ExecutorStatistics, Job, State, ensure_open
+from corral.executors.base import ExecutorStatistics, Job, State, ensure_open, future_safe
 
 __all__ = ["InlineExecutor"]
 
@@ -32,6 +33,26 @@ class InlineExecutor:
             return job.fn(**job.kwargs)
         finally:
             self._in_flight -= 1
+
+    def submit(self, job: Job) -> asyncio.Future[Any]:
+        """Start `job` and return its future.
+
+        A coroutine function runs in a new task (cancel the future to cancel the call); a plain
+        function runs right here and the future is already done. The scheduler uses this rather
+        than `run` to spare a wrapper task per call.
+        """
+        ensure_open(self._state, "the async executor")
+        loop = asyncio.get_running_loop()
+        if job.is_async:
+            return loop.create_task(self.run(job))
+        future: asyncio.Future[Any] = loop.create_future()
+        try:
+            future.set_result(job.fn(**job.kwargs))
+        except KeyboardInterrupt:
+            raise  # the user's Ctrl-C, delivered while the tool ran on this thread
+        except BaseException as exc:  # SystemExit from a tool fails its own call
+            future.set_exception(future_safe(exc))
+        return future
 
     def statistics(self) -> ExecutorStatistics:
         """Return the number of calls running on the loop."""

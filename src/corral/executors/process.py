@@ -65,6 +65,36 @@ class RemoteError(Exception):
         self.remote_type = remote_type
 
 
+class _Call:
+    """One call: queued in the pool, then running on a worker until it answers or dies."""
+
+    __slots__ = ("future", "job", "ref", "worker")
+
+    def __init__(self, job: Job, ref: FunctionRef, future: _CallFuture) -> None:
+        self.job = job
+        self.ref = ref
+        self.future = future
+        self.worker: _Worker | None = None
+
+
+class _CallFuture(asyncio.Future[Any]):
+    """The future of one process call: cancelling it stops the call.
+
+    A queued call is dropped; a running one has its worker killed (SIGKILL, at once) so the work
+    really stops, and the pool replaces the worker. `ProcessExecutor.settle()` waits until killed
+    workers have exited.
+    """
+
+    call: _Call
+    pool: ProcessExecutor
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self.pool._cancelled(self.call)
+        return cancelled
+
+
 class _Protocol(asyncio.SubprocessProtocol):
     def __init__(self) -> None:
         self.worker: _Worker | None = None
@@ -97,6 +127,7 @@ class _Worker:
         "call",
         "loaded",
         "on_exited",
+        "on_free",
         "pid",
         "protocol",
         "ready",
@@ -109,17 +140,19 @@ class _Worker:
         self,
         transport: asyncio.SubprocessTransport,
         protocol: _Protocol,
-        on_exited: Callable[[_Worker], None],
+        on_exited: Callable[[_Worker, _Call | None], None],
+        on_free: Callable[[_Worker], None],
     ) -> None:
         self.on_exited = on_exited
+        self.on_free = on_free
         self.transport = transport
         self.protocol = protocol
         self.pid: int = transport.get_pid()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.served = False
         """Whether it became ready: only such a worker is replaced when it exits."""
-        self.call: tuple[int, asyncio.Future[Any], str] | None = None
-        """The call it is running (seq, future, tool key); cleared when it answers or exits."""
+        self.call: _Call | None = None
+        """The call it is running; cleared when it answers or exits (not when it is killed)."""
         self.loaded: set[str] = set()
         self.seq = 0
         protocol.worker = self
@@ -128,12 +161,13 @@ class _Worker:
     def alive(self) -> bool:
         return not self.protocol.exited.done()
 
-    def send(self, job: Job, ref: FunctionRef, tool: str) -> asyncio.Future[Any]:
-        self.seq += 1
+    def send(self, call: _Call) -> None:
+        """Write `call`'s frame; raise what pickling its arguments raised."""
+        ref, job = call.ref, call.job
         fresh = ref.key not in self.loaded
         frame = pickle.dumps(
             (
-                self.seq,
+                self.seq + 1,
                 ref.key,
                 ref.module,
                 ref.qualname,
@@ -143,13 +177,13 @@ class _Worker:
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.seq += 1
         stdin = self.transport.get_pipe_transport(0)
         assert isinstance(stdin, asyncio.WriteTransport)
         stdin.write(HEADER.pack(len(frame)) + frame)
         self.loaded.add(ref.key)
-        self.call = (self.seq, future, tool)
-        return future
+        self.call = call
+        call.worker = self
 
     def on_message(self, message: tuple[Any, ...]) -> None:
         seq, kind = message[0], message[1]
@@ -159,24 +193,28 @@ class _Worker:
                 self.ready.set_result(None)
             return
         call = self.call
-        if call is None or call[1].done():
+        if call is None:
             return
-        if call[0] != seq and seq != CURRENT:  # an answer to an earlier call: never expected
+        if seq != self.seq and seq != CURRENT:  # an answer to an earlier call: never expected
             return
         self.call = None
-        future = call[1]
-        if kind == OK:
-            future.set_result(message[2])
-        elif kind == RAISED:
-            future.set_exception(_rebuild(message[2], message[3], message[4]))
-        elif kind == UNPICKLABLE:
-            future.set_exception(UnpicklableResult(message[3]))
-        elif kind == BAD_ARGUMENTS:
-            # The frame never loaded, so neither did a function sent by value in it: send again.
-            self.loaded.discard(call[2])
-            future.set_exception(
-                UsageError(f"the arguments cannot be loaded in the worker process: {message[3]}")
-            )
+        future = call.future
+        if not future.done():
+            if kind == OK:
+                future.set_result(message[2])
+            elif kind == RAISED:
+                future.set_exception(_rebuild(message[2], message[3], message[4]))
+            elif kind == UNPICKLABLE:
+                future.set_exception(UnpicklableResult(message[3]))
+            elif kind == BAD_ARGUMENTS:
+                # The frame never loaded, so neither did a function sent by value in it.
+                self.loaded.discard(call.ref.key)
+                future.set_exception(
+                    UsageError(
+                        f"the arguments cannot be loaded in the worker process: {message[3]}"
+                    )
+                )
+        self.on_free(self)
 
     def on_exit(self) -> None:
         code = self.transport.get_returncode()
@@ -187,15 +225,15 @@ class _Worker:
                 WorkerDied(f"worker process {self.pid} exited at start-up ({_describe_exit(code)})")
             )
         call, self.call = self.call, None
-        if call is not None and not call[1].done():
-            tool = call[2].partition("@")[0]
-            call[1].set_exception(
+        if call is not None and not call.future.done():
+            tool = call.ref.key.partition("@")[0]
+            call.future.set_exception(
                 WorkerDied(
                     f"worker process died ({_describe_exit(code)}) while running tool {tool!r}"
                 )
             )
         self.transport.close()
-        self.on_exited(self)
+        self.on_exited(self, call)
 
     def close_stdin(self) -> None:
         stdin = self.transport.get_pipe_transport(0)
@@ -235,8 +273,10 @@ def _describe_exit(code: int | None) -> str:
 class ProcessExecutor:
     """A warm pool of `size` worker processes, each running one call at a time.
 
-    A worker that exits after it became ready (a crash, a kill from outside, a kill for a timeout
-    or cancellation) is replaced at once; `statistics().replaced_workers` counts them.
+    Calls queue in the pool, first come first served; a worker that answers takes the next queued
+    call at once, from the protocol callback, with no task switch in between. A worker that exits
+    after it became ready (a crash, a kill from outside, a kill for a timeout or cancellation) is
+    replaced at once; `statistics().replaced_workers` counts them.
 
     Args:
         size: Number of worker processes. Defaults to the number of CPUs.
@@ -264,8 +304,10 @@ class ProcessExecutor:
         self._workers: set[_Worker] = set()
         """Every worker process that has not exited yet, busy, idle or being killed."""
         self._idle: collections.deque[_Worker] = collections.deque()
-        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._killed: set[_Worker] = set()
         self._spawning: set[asyncio.Task[None]] = set()
+        self._starter: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
         self._in_flight = 0
         self._replaced = 0
@@ -275,7 +317,7 @@ class ProcessExecutor:
 
         Raises:
             WorkerDied: A worker exited or did not answer within `start_timeout_s`; the workers
-                that did start stay, and the next `start()` (or `run()`) starts the rest.
+                that did start stay, and the next `start()` (or call) starts the rest.
             ClosedError: The pool was closed, before or while it started.
         """
         if self._state is State.RUNNING:
@@ -302,39 +344,49 @@ class ProcessExecutor:
         # A method, not an inline test: mypy would keep the narrowing from before the `await`.
         return self._state is State.RUNNING
 
-    async def run(self, job: Job) -> Any:
-        """Run `job` in a worker; a timeout or cancellation kills that worker and replaces it."""
-        if self._state is not State.RUNNING:
-            await self.start()
+    def submit(self, job: Job) -> asyncio.Future[Any]:
+        """Queue `job` for a worker and return the future of its value.
+
+        Cancelling the future drops a queued call, or kills the worker running it (the pool
+        replaces it); `settle()` waits for such workers to exit. The pool starts on first use.
+        """
+        ensure_open(self._state, "the process pool")
         if job.ref is None:
             raise UsageError("a job for the process pool needs a FunctionRef")
-        ref = job.ref()
-        worker = await self._acquire()
-        self._in_flight += 1
+        future = _CallFuture(loop=asyncio.get_running_loop())
+        call = future.call = _Call(job, job.ref(), future)
+        future.pool = self
+        self._queue.append(call)
+        if self._state is State.NEW and self._starter is None:
+            self._starter = asyncio.get_running_loop().create_task(self._start_for_queue())
+        self._dispatch()
+        return future
+
+    async def run(self, job: Job) -> Any:
+        """Run `job` in a worker; a timeout or cancellation kills that worker and replaces it.
+
+        Returns only when the call has ended: after a cancellation, once its worker has exited.
+        """
+        if self._state is not State.RUNNING:
+            await self.start()
+        future = self.submit(job)
         try:
-            try:
-                future = worker.send(job, ref, ref.key)
-            except Exception as exc:  # pickling runs arbitrary `__reduce__` code: any error
-                raise UsageError(
-                    f"the arguments cannot be sent to a worker process: {exc}"
-                ) from exc
             return await future
-        except BaseException:
-            if worker.call is not None:
-                # No answer yet (we were cancelled or timed out): the call is still running in
-                # the worker. Kill it so the work really stops; its exit starts a replacement.
-                await self._kill(worker)
+        except asyncio.CancelledError:
+            await self.settle()
             raise
-        finally:
-            self._in_flight -= 1
-            self._release(worker)
+
+    async def settle(self) -> None:
+        """Wait until every worker killed to stop a call has exited (at most 5 s each)."""
+        for worker in list(self._killed):
+            await self._wait_for_exit(worker)
 
     def statistics(self) -> ExecutorStatistics:
         """Return calls in workers, calls waiting for one, live workers and replacements."""
         return ExecutorStatistics(
             self.name,
             in_flight=self._in_flight,
-            queued=sum(1 for w in self._waiters if not w.done()),
+            queued=sum(1 for c in self._queue if not c.future.done()),
             workers=sum(1 for w in self._workers if w.alive),
             replaced_workers=self._replaced,
         )
@@ -353,18 +405,19 @@ class ProcessExecutor:
         self._state = State.CLOSING
         for task in list(self._spawning):
             task.cancel()  # each kills the worker it was starting
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(WorkerDied("the process pool closed"))
+        while self._queue:
+            call = self._queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(WorkerDied("the process pool closed"))
         for worker in list(self._workers):
             if worker.call is None:
                 worker.close_stdin()  # it exits when it reads the end of its input
             else:
                 worker.kill()
         try:
-            if self._spawning:
-                await asyncio.gather(*self._spawning, return_exceptions=True)
+            pending = [*self._spawning, *([self._starter] if self._starter else [])]
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
             for worker in list(self._workers):
                 await self._wait_for_exit(worker)
         except BaseException:
@@ -375,6 +428,55 @@ class ProcessExecutor:
         self._workers.clear()
         self._idle.clear()
         self._state = State.CLOSED
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Hand queued calls to idle workers."""
+        queue, idle = self._queue, self._idle
+        while queue and idle:
+            call = queue.popleft()
+            if call.future.done():  # cancelled while queued
+                continue
+            worker = idle.popleft()
+            if not worker.alive:
+                queue.appendleft(call)
+                continue
+            try:
+                worker.send(call)
+            except Exception as exc:  # pickling runs arbitrary `__reduce__` code: any error
+                idle.appendleft(worker)
+                call.future.set_exception(
+                    UsageError(f"the arguments cannot be sent to a worker process: {exc}")
+                )
+                continue
+            self._in_flight += 1
+
+    def _on_free(self, worker: _Worker) -> None:
+        self._in_flight -= 1
+        self._release(worker)
+
+    def _cancelled(self, call: _Call) -> None:
+        worker = call.worker
+        if worker is not None and worker.call is call:
+            # Still running in the worker: kill it so the work really stops. Its exit starts a
+            # replacement; until then the call counts as in flight.
+            self._killed.add(worker)
+            worker.kill()
+
+    async def _start_for_queue(self) -> None:
+        # Calls submitted before the pool was started: start it, or fail them with the reason.
+        try:
+            await self.start()
+        except Exception as exc:
+            while self._queue:
+                call = self._queue.popleft()
+                if not call.future.done():
+                    call.future.set_exception(exc)
+        finally:
+            self._starter = None
+
+    # -- workers -------------------------------------------------------------------------------
 
     async def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
@@ -392,7 +494,7 @@ class ProcessExecutor:
             stderr=None,
             env=env,
         )
-        worker = _Worker(transport, protocol, self._on_exited)
+        worker = _Worker(transport, protocol, self._on_exited, self._on_free)
         self._workers.add(worker)
         try:
             async with asyncio.timeout(self._start_timeout_s):
@@ -416,8 +518,11 @@ class ProcessExecutor:
         self._spawning.add(task)
         task.add_done_callback(self._spawning.discard)
 
-    def _on_exited(self, worker: _Worker) -> None:
+    def _on_exited(self, worker: _Worker, call: _Call | None) -> None:
         self._workers.discard(worker)
+        self._killed.discard(worker)
+        if call is not None:
+            self._in_flight -= 1
         if worker in self._idle:
             self._idle.remove(worker)
         # Replace a worker that served (crashed, killed from outside or for a timeout), not one
@@ -425,36 +530,14 @@ class ProcessExecutor:
         if worker.served:
             self._replace()
 
-    async def _acquire(self) -> _Worker:
-        while True:
-            while self._idle:
-                worker = self._idle.popleft()
-                if worker.alive:
-                    return worker
-            waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                worker = await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._release(waiter.result())  # handed over just as we were cancelled
-                raise
-            if worker.alive:
-                return worker
-            # It died between the hand-over and now; its exit has started a replacement.
-
     def _release(self, worker: _Worker) -> None:
         if worker.call is not None:
             worker.kill()  # never hand on a worker that may still be running a call
             return
         if not worker.alive or (self._state is not State.RUNNING and self._state is not State.NEW):
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(worker)
-                return
         self._idle.append(worker)
+        self._dispatch()
 
     def _replace(self) -> None:
         if self._state in (State.CLOSING, State.CLOSED):

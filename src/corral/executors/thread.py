@@ -43,6 +43,23 @@ class _Item:
 _STOP = None
 
 
+class _CallFuture(asyncio.Future[Any]):
+    """The future of one thread call: cancelling it takes a call no thread has picked up yet.
+
+    Done in `cancel` rather than in a done-callback: a callback costs a scheduled handle for
+    every call, cancelled or not.
+    """
+
+    item: _Item
+    executor: ThreadExecutor
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self.executor._forget(self.item)
+        return cancelled
+
+
 class ThreadExecutor:
     """A pool of up to `max_threads` threads; threads start on demand and exit when idle.
 
@@ -84,11 +101,22 @@ class ThreadExecutor:
 
     async def run(self, job: Job) -> Any:
         """Run `job` in a thread. Cancellation before the thread starts removes the call."""
+        return await self.submit(job)
+
+    def submit(self, job: Job) -> asyncio.Future[Any]:
+        """Queue `job` for a thread and return the future of its value, on the running loop.
+
+        Cancelling the future before a thread picks the job up removes it (it never runs); after
+        that, the thread runs on and the job stays counted in flight until it ends. The scheduler
+        uses this rather than `run` to spare a task per call.
+        """
         ensure_open(self._state, "the thread executor")
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
-        item = _Item(job, loop.create_future())
+        future = _CallFuture(loop=loop)
+        item = future.item = _Item(job, future)
+        future.executor = self
         with self._lock:
             self._queued += 1
             spawn = self._idle <= 0 and self._threads < self._max_threads
@@ -101,14 +129,13 @@ class ThreadExecutor:
         self._queue.put(item)
         if spawn:
             threading.Thread(target=self._work, name="corral-tool", daemon=True).start()
-        try:
-            return await item.future
-        except asyncio.CancelledError:
-            with self._lock:
-                if not item.started:
-                    item.cancelled = True
-                    self._queued -= 1
-            raise
+        return future
+
+    def _forget(self, item: _Item) -> None:
+        with self._lock:
+            if not item.started:
+                item.cancelled = True
+                self._queued -= 1
 
     def statistics(self) -> ExecutorStatistics:
         """Return running calls (abandoned threads included), queued calls and live threads."""

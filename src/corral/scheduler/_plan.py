@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["Claim", "Edge", "EdgeKind", "Plan", "PlanItem", "make_plan"]
 
@@ -67,9 +68,8 @@ class Edge:
         return kind is EdgeKind.RESOURCE or kind is EdgeKind.EXPLICIT
 
 
-@dataclass(frozen=True, slots=True)
-class PlanItem:
-    """What the planner needs to know of one call."""
+class PlanItem(NamedTuple):
+    """What the planner needs to know of one call (a NamedTuple: one is built per call)."""
 
     id: str
     claims: tuple[Claim, ...] = ()

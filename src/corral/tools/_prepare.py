@@ -83,35 +83,17 @@ def _prepare_one(
         )
     mode = _mode(call, tool, options)
     executor = options.executor(mode)
-    timeout, source = (
-        (call.timeout, "call timeout")
-        if call.timeout is not None
-        else (
-            tool.timeout_s,
-            "tool timeout",
-        )
-    )
-    job = Job(
-        fn=tool.fn,
-        kwargs=kwargs,
-        is_async=tool.is_async,
-        ref=tool.function_ref if mode == "process" else None,
-    )
+    timeout: float | None
+    if call.timeout is not None:
+        timeout, source = call.timeout, "call timeout"
+    else:
+        timeout, source = tool.timeout_s, "tool timeout"
+    job = Job(tool.fn, kwargs, tool.is_async, tool.function_ref if mode == "process" else None)
     held = budgets.get(tool.name)
     if held is None:
         held = budgets[tool.name] = options.budgets(tool)
-    return (
-        Prepared(
-            call.id,
-            tool.name,
-            job=job,
-            executor=executor,
-            timeout_s=timeout,
-            timeout_source=source,
-            budgets=held,
-        ),
-        claims,
-    )
+    # Positional: this runs once per call, and keyword arguments cost more.
+    return Prepared(call.id, tool.name, job, executor, timeout, source, held), claims
 
 
 def _validate(call: RawCall, tool: Tool) -> dict[str, Any]:
