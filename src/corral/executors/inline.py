@@ -44,7 +44,7 @@ class InlineExecutor:
         ensure_open(self._state, "the async executor")
         loop = asyncio.get_running_loop()
         if job.is_async:
-            return loop.create_task(self.run(job))
+            return loop.create_task(self._await(job))
         future: asyncio.Future[Any] = loop.create_future()
         try:
             future.set_result(job.fn(**job.kwargs))
@@ -53,6 +53,13 @@ class InlineExecutor:
         except BaseException as exc:  # SystemExit from a tool fails its own call
             future.set_exception(future_safe(exc))
         return future
+
+    async def _await(self, job: Job) -> Any:
+        self._in_flight += 1
+        try:
+            return await job.fn(**job.kwargs)
+        finally:
+            self._in_flight -= 1
 
     def statistics(self) -> ExecutorStatistics:
         """Return the number of calls running on the loop."""
