@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Literal, Protocol, TypeAlias
+from types import TracebackType
+from typing import Literal, Protocol, Self, TypeAlias
 
-__all__ = ["Clock", "JSONValue", "Mode", "MonotonicClock", "RegistryMode"]
+__all__ = ["AsyncResource", "Clock", "JSONValue", "Mode", "MonotonicClock", "RegistryMode"]
 
 JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
 
@@ -31,3 +32,25 @@ class MonotonicClock:
     def monotonic(self) -> float:
         """Return `time.perf_counter()`."""
         return time.perf_counter()
+
+
+class AsyncResource:
+    """`async with` for anything with an idempotent `aclose()`: leaving the block closes it.
+
+    `__aenter__` returns the object; override it to open or start something first.
+    """
+
+    async def aclose(self) -> None:
+        """Release what the object holds. Idempotent."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

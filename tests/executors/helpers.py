@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ import psutil
 
 from corral.executors.base import ExecutorStatistics, FunctionRef, Job
 from tests import support
+from tests.support import eventually
 
 _refs: dict[Callable[..., Any], FunctionRef] = {}
 
@@ -32,21 +32,6 @@ def job(fn: Callable[..., Any], /, **kwargs: Any) -> Job:
         is_async=inspect.iscoroutinefunction(fn),
         ref=lambda: ref_for(fn),
     )
-
-
-async def eventually(
-    predicate: Callable[[], bool], *, timeout_s: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll `predicate` every 10 ms until it holds; fail after `timeout_s`."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            # Polling, not an Event: the state belongs to threads and processes.
-            while True:
-                if predicate():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"{what} did not hold within {timeout_s} s") from None
 
 
 def is_idle(stats: ExecutorStatistics) -> bool:

@@ -16,7 +16,8 @@ from corral.errors import ClosedError, UsageError, WorkerDied
 from corral.executors.base import FunctionRef, Job
 from corral.executors.process import ProcessExecutor, RemoteError, UnpicklableResult
 from tests import support
-from tests.executors.helpers import FileGate, eventually, gone, is_idle, job, read_pid, ref_for
+from tests.executors.helpers import FileGate, gone, is_idle, job, read_pid, ref_for
+from tests.support import eventually
 
 HOOK = "tests.executors.import_hook"
 

@@ -12,7 +12,8 @@ from corral.errors import ClosedError, UsageError
 from corral.executors.thread import ThreadExecutor
 from corral.testing import Recorder
 from tests import support
-from tests.executors.helpers import eventually, is_idle, job
+from tests.executors.helpers import is_idle, job
+from tests.support import eventually
 
 # A blocked test thread waits at most this long, so a failing test cannot hang the suite.
 BLOCK_S = 10.0

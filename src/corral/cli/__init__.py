@@ -53,18 +53,30 @@ def bench_tools(
         typer.Option(help="Where ToolRegistry's venv lives (default: .bench/ in the repository)."),
     ] = None,
     max_seconds: Annotated[float, typer.Option(min=1, help="Stop after this.")] = 600,
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated workloads: arith-thread, arith-process, sleep-thread, "
+            "sleep-async, openapi, mcp-sse, mcp-http, or the groups all, local, remote, mcp.",
+        ),
+    ] = "all",
 ) -> None:
     """Run 100-call batches on corral and ToolRegistry 0.19.0, alternating; print medians."""
-    from corral.cli.bench import BenchError, BenchOptions, run_tools_bench
+    from corral.cli.bench import BenchError, BenchOptions, run_tools_bench, select_workloads
+    from corral.errors import UsageError
 
-    options = BenchOptions(
-        rounds=rounds,
-        warmup=warmup,
-        peer=peer,
-        json_path=json_path,
-        bench_dir=bench_dir,
-        max_seconds=max_seconds,
-    )
+    try:
+        options = BenchOptions(
+            rounds=rounds,
+            warmup=warmup,
+            peer=peer,
+            json_path=json_path,
+            bench_dir=bench_dir,
+            max_seconds=max_seconds,
+            workloads=select_workloads(workload),
+        )
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--workload") from None
     try:
         run_tools_bench(options)
     except BenchError as exc:

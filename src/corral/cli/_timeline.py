@@ -42,9 +42,7 @@ def timeline_table(
             claims = plan.claims[index]
             touches = ", ".join(_claim(c.resource, c.write, base) for c in claims) or "nothing"
             edges = plan.incoming[index]
-            waited = (
-                ", ".join(f"{plan.ids[e.before]} ({_why(e, base)})" for e in edges) or "-"
-            )
+            waited = ", ".join(f"{plan.ids[e.before]} ({_why(e, base)})" for e in edges) or "-"
         start = end = "-"
         bar = Text(" " * width)
         if result.started_at is not None and result.finished_at is not None:

@@ -20,7 +20,6 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import pydantic
@@ -32,6 +31,7 @@ from mcp_types import Tool as MCPTool
 from corral import __version__
 from corral._deadline import remaining_s
 from corral._retry import Backoff
+from corral._types import AsyncResource
 from corral.errors import ClosedError, OutcomeUnknown, RemoteConnectError, RemoteToolError
 from corral.executors.base import State, ensure_open
 from corral.tools._home import proxy
@@ -123,7 +123,7 @@ class _WrongTransport(Exception):
     """The server answered, but neither transport tried spoke MCP with it."""
 
 
-class MCPConnection:
+class MCPConnection(AsyncResource):
     """A persistent MCP session to one server, reopened on the next call after it drops.
 
     Made inside a running event loop; its sessions live on that loop.
@@ -440,14 +440,6 @@ class MCPConnection:
     async def __aenter__(self) -> Self:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<MCPConnection {self.target} state={self._state.value}>"

@@ -15,7 +15,6 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -26,6 +25,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from corral._types import AsyncResource
 from corral.errors import UsageError
 
 __all__ = ["Kind", "Target", "parse_target", "watched_transport"]
@@ -128,7 +128,7 @@ async def _transport(target: Target, kind: Kind) -> AsyncIterator[Any]:
             yield streams
 
 
-class _WatchedReadStream:
+class _WatchedReadStream(AsyncResource):
     """A transport's read stream that reports its end (EOF, or closed under the reader)."""
 
     def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
@@ -159,14 +159,3 @@ class _WatchedReadStream:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

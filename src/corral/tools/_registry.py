@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from corral._retry import Backoff
-from corral._types import Mode, RegistryMode
+from corral._types import AsyncResource, Mode, RegistryMode
 from corral.errors import UsageError
 from corral.executors.base import Executor, ExecutorStatistics, State, ensure_open
 from corral.executors.inline import InlineExecutor
@@ -69,7 +69,7 @@ class RegistryStatistics:
         )
 
 
-class ToolRegistry:
+class ToolRegistry(AsyncResource):
     """Tools, and the scheduler that runs a model message's tool calls at once by resource.
 
     Args:
@@ -597,14 +597,6 @@ class ToolRegistry:
     async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __enter__(self) -> Self:
         return self
