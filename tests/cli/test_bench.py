@@ -13,7 +13,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import corral
-from corral.cli import _bench_tools as bt
 from corral.cli import app
 from corral.cli.bench import (
     BATCH_SIZE,
@@ -26,8 +25,12 @@ from corral.cli.bench import (
     make_calls,
     open_peer,
     run_tools_bench,
+    select_workloads,
     summary_table,
 )
+from corral.cli.bench import _bench_tools as bt
+
+LOCAL = select_workloads("local")
 
 
 def _render(table: object) -> str:
@@ -42,11 +45,11 @@ def _render(table: object) -> str:
 def test_no_peer_run_measures_every_workload_and_prints_a_timeline(tmp_path: Path) -> None:
     out = io.StringIO()
     json_path = tmp_path / "bench.json"
-    options = BenchOptions(rounds=2, warmup=0, peer=False, json_path=json_path)
+    options = BenchOptions(rounds=2, warmup=0, peer=False, json_path=json_path, workloads=LOCAL)
 
     report = run_tools_bench(options, console=Console(file=out, width=200))
 
-    assert [r.workload.key for r in report.results] == [w.key for w in WORKLOADS]
+    assert [r.workload.key for r in report.results] == [w.key for w in LOCAL]
     for result in report.results:
         assert len(result.corral.seconds) == 2
         assert result.corral.median_ms > 0
@@ -63,14 +66,15 @@ def test_no_peer_run_measures_every_workload_and_prints_a_timeline(tmp_path: Pat
     assert "undeclared: one at a time" in printed
     assert "writes file:notes/todo.txt" in printed  # paths shown relative to the workdir
     data = json.loads(json_path.read_text())
-    assert [w["workload"] for w in data["workloads"]] == [w.key for w in WORKLOADS]
+    assert [w["workload"] for w in data["workloads"]] == [w.key for w in LOCAL]
     assert data["environment"]["rounds"] == 2
 
 
 @pytest.mark.slow
 def test_cli_no_peer_exits_cleanly() -> None:
     result = CliRunner().invoke(
-        app, ["bench", "tools", "--no-peer", "--rounds", "1", "--warmup", "0"]
+        app,
+        ["bench", "tools", "--no-peer", "--rounds", "1", "--warmup", "0", "--workload", "local"],
     )
     assert result.exit_code == 0, result.output
     assert "corral vs ToolRegistry" in result.output
@@ -96,7 +100,7 @@ def test_make_calls_builds_valid_openai_calls() -> None:
 
 
 def _result(corral_s: float, *peers: tuple[str, float]) -> WorkloadResult:
-    workload = WORKLOADS[-1]  # has a ratio target and an ideal
+    workload = next(w for w in WORKLOADS if w.key == "sleep-async")  # a ratio and an ideal
     return WorkloadResult(
         workload,
         corral=Samples("corral", (corral_s, corral_s)),

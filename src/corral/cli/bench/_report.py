@@ -23,7 +23,10 @@ __all__ = [
     "WorkloadResult",
     "detail_table",
     "environment",
+    "load_average",
     "print_report",
+    "server_ceiling",
+    "server_floor_ms",
     "summary_table",
 ]
 
@@ -212,21 +215,46 @@ def detail_table(results: Sequence[WorkloadResult]) -> Table:
     return table
 
 
-def environment(options: BenchOptions, version: str | None) -> dict[str, Any]:
-    """Return what the run was made on, for the report."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+def load_average() -> list[float] | None:
+    """Return the 1, 5 and 15 minute load averages, where the platform has them."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def environment(
+    options: BenchOptions, version: str | None, *, load_at_start: list[float] | None = None
+) -> dict[str, Any]:
+    """Return what the run was made on, for the report; the load now and at the start."""
     return {
         "corral": corral.__version__,
         "toolregistry": version,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "load_average": None if load is None else [round(x, 2) for x in load],
+        "load_average_start": load_at_start,
+        "load_average": load_average(),
         "batch_size": BATCH_SIZE,
         "rounds": options.rounds,
         "warmup_rounds": options.warmup,
         "seed": options.seed,
     }
+
+
+def server_floor_ms(result: WorkloadResult) -> float | None:
+    """Return the least median server CPU per batch over the sides, or None for local tools.
+
+    The server is one process on one core, so no client finishes a batch in less wall time than
+    the server's CPU time for it.
+    """
+    floors = [s.server_cpu_ms for s in (result.corral, *result.peers) if s.server_cpu_ms]
+    return min(floors, default=None)
+
+
+def server_ceiling(result: WorkloadResult) -> float | None:
+    """Return the highest ratio the server allows: ToolRegistry's median over the server floor."""
+    best, floor = result.best_peer, server_floor_ms(result)
+    return None if best is None or floor is None else best.median_ms / floor
 
 
 def print_report(
@@ -238,8 +266,11 @@ def print_report(
     console.print(timeline_table(mixed, title=title, base=str(workdir)))
     console.print(detail_table(report.results))
     console.print(summary_table(report.results))
-    load = env.get("load_average")
-    load_text = "" if load is None else f", load average {' '.join(f'{x:.2f}' for x in load)}"
+    load_text = "".join(
+        f", load average {label} {' '.join(f'{x:.2f}' for x in env[key])}"
+        for key, label in (("load_average_start", "at start"), ("load_average", "at end"))
+        if env.get(key) is not None
+    )
     console.print(
         f"Medians of {env['rounds']} rounds, after {env['warmup_rounds']} warm-up round(s); in "
         "each round every side ran the same batch, in random order, timed around its own execute "
@@ -253,9 +284,17 @@ def print_report(
                 f"{r.workload.title}: ideal {r.workload.ideal_ms:.0f} ms; 100 bare coroutines in "
                 f"an asyncio TaskGroup take {r.reference.median_ms:.1f} ms here."
             )
-    if any(r.workload.remote for r in report.results):
+    remote = [r for r in report.results if r.workload.remote]
+    if remote:
         console.print(
             "Remote workloads: one calculator server process per protocol on 127.0.0.1, started "
             "by the bench and shared by every side; OpenAPI operations are GET /add?a=&b= (read "
             "by method, so corral runs them at once); MCP tools declare readOnlyHint."
         )
+    for r in remote:
+        floor, ceiling = server_floor_ms(r), server_ceiling(r)
+        if floor is not None and ceiling is not None:
+            console.print(
+                f"{r.workload.title}: the server needs {floor:.1f} ms of CPU per batch at least, "
+                f"so no client could beat ToolRegistry by more than {ceiling:.1f}x here."
+            )

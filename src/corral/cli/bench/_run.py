@@ -18,7 +18,13 @@ from corral.cli.bench._peer import (
     ensure_peer_env,
     open_peer,
 )
-from corral.cli.bench._report import BenchReport, WorkloadResult, environment, print_report
+from corral.cli.bench._report import (
+    BenchReport,
+    WorkloadResult,
+    environment,
+    load_average,
+    print_report,
+)
 from corral.cli.bench._servers import open_servers, require_server_modules
 from corral.cli.bench._workloads import BenchError, BenchOptions
 from corral.cli.demo import DEMO_CALLS, demo_registry
@@ -86,10 +92,11 @@ def run_tools_bench(options: BenchOptions, *, console: Console | None = None) ->
             console = Console(width=170)
     bench_dir = options.bench_dir or default_bench_dir()
     python = ensure_peer_env(bench_dir, console) if options.peer else None
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         workdir = Path(os.path.realpath(tmp))
         results, mixed, version = asyncio.run(_bench(options, console, python, bench_dir, workdir))
-    report = BenchReport(tuple(results), environment(options, version))
+    report = BenchReport(tuple(results), environment(options, version, load_at_start=load_at_start))
     print_report(report, mixed, workdir, console)
     if options.json_path is not None:
         options.json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
