@@ -221,7 +221,7 @@ class ToolRegistry(AsyncResource):
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         backoff: Backoff | None = None,
-        max_connections: int = 64,
+        max_connections: int = 10,
     ) -> list[Tool]:
         """Register every operation of an OpenAPI 3.0/3.1 document as a tool.
 
@@ -232,7 +232,8 @@ class ToolRegistry(AsyncResource):
             headers: Sent with every request (auth, for instance).
             timeout: Seconds for each HTTP request.
             backoff: Retry timing for idempotent requests (429, 502-504, connection failures).
-            max_connections: Size of the service's connection pool.
+            max_connections: Size of the service's connection pool (kept alive); calls beyond
+                it wait, first come first served.
 
         Calls share one `httpx.AsyncClient` per service (keep-alive, bounded pool), closed by
         `aclose()`.
