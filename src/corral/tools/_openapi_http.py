@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import aiohttp
 import httpx
 
 from corral._retry import parse_retry_after
@@ -142,8 +143,32 @@ def decode(request: httpx.Request, response: httpx.Response) -> Any:
     raise HTTPStatusError(message, status=status, retry_after_s=retry_after)
 
 
+def _precise(exc: httpx.HTTPError) -> httpx.HTTPError:
+    """Re-map an error of the aiohttp transport from its cause.
+
+    httpx-aiohttp maps aiohttp's errors coarsely (a connection dropped mid-request becomes
+    `ConnectTimeout`), which would hide whether the request may have reached the server.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, aiohttp.ClientError | TimeoutError):
+        return exc
+    message = str(cause) or type(cause).__name__
+    if isinstance(cause, aiohttp.ClientConnectorError):  # refused, unreachable, DNS
+        return httpx.ConnectError(message)
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(cause, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout(message)
+    if isinstance(
+        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
+    ):
+        return httpx.RemoteProtocolError(message)
+    return exc
+
+
 def transport_error(request: httpx.Request, exc: httpx.HTTPError) -> RemoteToolError:
     """Map an httpx failure to the most specific corral error."""
+    exc = _precise(exc)
     target = f"{request.method} {request.url}"
     detail = str(exc) or type(exc).__name__
     limits = request.extensions.get("timeout", {})
