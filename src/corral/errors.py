@@ -18,7 +18,15 @@ callers' mistakes and for failures of the infrastructure::
     │       ├── ServerToolError     an MCP server answered isError
     │       └── OutcomeUnknown      the connection broke mid-call; it may or may not have run
     ├── RequestError
-    ├── ProviderError
+    │   ├── SessionBusy(running_request_id)
+    │   ├── RequestCancelled
+    │   ├── QueueFull(retry_after_s)
+    │   └── RequestExpired
+    ├── ProviderError         the LLM provider failed; `retryable` says whether trying again helps
+    │   ├── RateLimited(retry_after_s)
+    │   ├── ProviderUnavailable   5xx, connection refused or reset, timeouts
+    │   ├── ProviderRejected      4xx other than 429: the request itself is wrong
+    │   └── StreamBroken          the stream failed after output reached the caller
     └── StateError
 
 Inside a batch the `ToolError` subclasses describe a failed call: their type name and message are
@@ -33,12 +41,20 @@ __all__ = [
     "HTTPStatusError",
     "OutcomeUnknown",
     "ProviderError",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "QueueFull",
+    "RateLimited",
     "RemoteConnectError",
     "RemoteTimeout",
     "RemoteToolError",
+    "RequestCancelled",
     "RequestError",
+    "RequestExpired",
     "ServerToolError",
+    "SessionBusy",
     "StateError",
+    "StreamBroken",
     "ToolArgumentsInvalid",
     "ToolError",
     "ToolNotFound",
@@ -119,8 +135,62 @@ class RequestError(CorralError):
     """A request could not be admitted or completed."""
 
 
+class SessionBusy(RequestError):
+    """The session runs another request and its policy is `reject`."""
+
+    def __init__(self, message: str, *, running_request_id: str) -> None:
+        super().__init__(message)
+        self.running_request_id = running_request_id
+
+
+class RequestCancelled(RequestError):
+    """The request was cancelled (by its handle, its session, or an `interrupt`)."""
+
+
+class QueueFull(RequestError):
+    """The admission queue is full; try again after `retry_after_s`."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestExpired(RequestError):
+    """The request waited or ran longer than allowed."""
+
+
 class ProviderError(CorralError):
     """An LLM provider failed."""
+
+    retryable: bool = False
+
+
+class RateLimited(ProviderError):
+    """The provider answered 429; `retry_after_s` is its `Retry-After`, if it sent one."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(ProviderError):
+    """A 5xx answer, a refused or reset connection, or a timeout: trying again may help."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself (a 4xx other than 429): do not retry."""
+
+
+class StreamBroken(ProviderError):
+    """The stream failed after output had reached the caller; it is not silently restarted."""
 
 
 class StateError(CorralError):
