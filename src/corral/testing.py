@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["Gate", "Interval", "Recorder"]
+__all__ = ["Gate", "Interval", "ManualClock", "Recorder"]
 
 
 class Gate:
@@ -95,3 +95,47 @@ class Recorder:
             if interval.key == key:
                 return interval
         raise KeyError(key)
+
+
+class ManualClock:
+    """A clock that moves only when a test says so; `sleep` waits for the test to advance it.
+
+    Pass it where corral takes a `Clock` (and its `sleep` where it takes one) to test timeouts,
+    janitors and rate limits without real waiting.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def monotonic(self) -> float:
+        """Return the current manual time."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose time has come."""
+        if seconds < 0:
+            raise ValueError(f"time only moves forward, not by {seconds!r}")
+        self._now += seconds
+        waiting = []
+        for when, future in self._sleepers:
+            if when <= self._now:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((when, future))
+        self._sleepers = waiting
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock has been advanced by `seconds`."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._now + seconds, future))
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are sleeping on this clock."""
+        return sum(1 for _, f in self._sleepers if not f.done())
