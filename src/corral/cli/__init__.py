@@ -123,6 +123,16 @@ def mcp_serve(
         raise typer.Exit(1) from None
 
 
+@bench_app.command("manager")
+def bench_manager(
+    requests: Annotated[int, typer.Option(min=10, help="Concurrent requests.")] = 1000,
+) -> None:
+    """Measure the request manager: dedup, stream caps, added latency, fan-out memory."""
+    from corral.cli.bench_manager import run_manager_bench
+
+    run_manager_bench(requests=requests)
+
+
 def main() -> None:
     """Entry point of the `corral` script."""
     app()

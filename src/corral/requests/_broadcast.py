@@ -115,6 +115,10 @@ class EventLog(Generic[T]):
         """Return the size of the log and its readers."""
         return LogStatistics(len(self._events), self._subscribers, self._closed)
 
+    async def changed(self) -> None:
+        """Wait until an event is appended, the log closes, or `poke()` is called."""
+        await self._wait()
+
     async def _wait(self) -> None:
         # One shared future per generation of the log: an append wakes every waiting reader at
         # once, at the cost of one future, whatever the number of readers.

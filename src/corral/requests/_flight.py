@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
+
+import pydantic_core
 
 from corral.providers.base import ModelRequest, ProviderEvent
 from corral.requests._broadcast import EventLog
@@ -73,6 +74,8 @@ class Flight:
     """Subscribers that have not finished or cancelled: the call stops when this drops to 0."""
     emitted: bool = False
     """Whether any provider output reached the log (a broken stream is then not restarted)."""
+    completion: Any = None
+    """The assembled answer, once someone asked for it: every follower gets the same one."""
     terminal: StreamEvent | None = None
     """Set by whoever stops the call (last subscriber gone, janitor, close): its final event."""
 
@@ -82,7 +85,18 @@ def request_key(provider: str, request: ModelRequest) -> str:
     payload: dict[str, Any] = {
         "provider": provider,
         "model": request.model,
-        "messages": [m.to_dict() for m in request.messages],
+        "messages": [
+            (
+                m.role,
+                m.content,
+                [(c.id, c.name, c.arguments) for c in m.tool_calls],
+                m.tool_call_id,
+                m.name,
+                m.status,
+                m.partial,
+            )
+            for m in request.messages
+        ],
         "tools": [[t.name, t.description, t.parameters] for t in request.tools],
         "temperature": request.temperature,
         "seed": request.seed,
@@ -90,8 +104,10 @@ def request_key(provider: str, request: ModelRequest) -> str:
         "parallel_tool_calls": request.parallel_tool_calls,
         "extra": request.extra,
     }
-    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    # pydantic-core's serializer: several times faster than json.dumps on a long conversation,
+    # and this runs for every request. Key order is the order the request was built in, which is
+    # stable for equal requests from the same code; a different order only misses a dedup.
+    return hashlib.sha256(pydantic_core.to_json(payload, fallback=str)).hexdigest()
 
 
 def deterministic(request: ModelRequest) -> bool:

@@ -122,32 +122,25 @@ class RequestHandle:
         self._flight.log.poke()
 
     async def result(self) -> Completion:
-        """Read to the end and return the answer.
+        """Wait for the end and return the answer.
 
         Raises:
             RequestCancelled: this subscriber, or every subscriber, cancelled.
             RequestExpired: the janitor ended the request.
             ProviderError: the provider call failed.
         """
-        text: list[str] = []
-        calls = []
-        usage = None
-        reason = "stop"
-        async for _, event in self.events():
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, ToolCallDone):
-                calls.append(event.call)
-            elif isinstance(event, Usage):
-                usage = event
-            elif isinstance(event, Finish):
-                reason = event.reason
-            elif isinstance(event, StreamCancelled):
-                raise RequestCancelled(f"request {self.id!r} was cancelled: {event.reason}")
-            elif isinstance(event, StreamFailed):
-                kind = RequestExpired if event.error.type == "RequestExpired" else ProviderError
-                raise kind(f"request {self.id!r} failed: {event.error}")
-        return Completion("".join(text), tuple(calls), usage, reason)
+        # Waits for the log to close and reads it once, rather than event by event: a thousand
+        # followers of one stream then cost a wake-up each, not one per event.
+        log = self._flight.log
+        while not log.closed and not self._cancelled:
+            await log.changed()
+        if self._cancelled:
+            raise RequestCancelled(f"request {self.id!r} was cancelled by this subscriber")
+        self._finish()
+        completion: Completion | None = self._flight.completion
+        if completion is None:
+            completion = self._flight.completion = _assemble(self.id, log.events())
+        return completion
 
     def _finish(self) -> None:
         if not self._done:
@@ -480,6 +473,28 @@ class RequestManager(AsyncResource):
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._state = State.CLOSED
+
+
+def _assemble(request_id: str, events: list[StreamEvent]) -> Completion:
+    text: list[str] = []
+    calls = []
+    usage = None
+    reason = "stop"
+    for event in events:
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, ToolCallDone):
+            calls.append(event.call)
+        elif isinstance(event, Usage):
+            usage = event
+        elif isinstance(event, Finish):
+            reason = event.reason
+        elif isinstance(event, StreamCancelled):
+            raise RequestCancelled(f"request {request_id!r} was cancelled: {event.reason}")
+        elif isinstance(event, StreamFailed):
+            kind = RequestExpired if event.error.type == "RequestExpired" else ProviderError
+            raise kind(f"request {request_id!r} failed: {event.error}")
+    return Completion("".join(text), tuple(calls), usage, reason)
 
 
 def _expired(message: str) -> StreamFailed:
