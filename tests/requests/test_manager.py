@@ -318,3 +318,18 @@ async def test_closing_cancels_queued_and_running_requests_with_a_final_event() 
         assert isinstance(events[-1], StreamCancelled)
         assert "closed" in events[-1].reason
     assert provider.open == 0
+
+
+async def test_the_manager_is_itself_a_provider() -> None:
+    from corral.providers import complete
+
+    provider = FakeProvider(chunks=4)
+    async with RequestManager(provider) as manager:
+        answers = await asyncio.gather(*(complete(manager, req()) for _ in range(3)))
+        assert provider.calls == 1
+        assert {a.text for a in answers} == {"hi-0 hi-1 hi-2 hi-3 "}
+        assert manager.capabilities("m").parallel_tool_calls
+        provider.fail_after = 1
+        with pytest.raises(ProviderUnavailable.__mro__[1]):  # ProviderError
+            await complete(manager, req("fails"))
+        await assert_idle(manager)

@@ -33,8 +33,10 @@ from corral.executors.base import State, ensure_open
 from corral.providers.base import (
     Completion,
     Finish,
+    ModelCapabilities,
     ModelRequest,
     Provider,
+    ProviderEvent,
     TextDelta,
     ToolCallDone,
     Usage,
@@ -280,6 +282,38 @@ class RequestManager(AsyncResource):
         if flight is None:
             raise RequestExpired(f"request {request_id!r} is unknown or no longer retained")
         return RequestHandle(self, flight, request_id)
+
+    # -- the manager as a provider -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The wrapped provider's name: the manager stands in for it."""
+        return str(getattr(self._provider, "name", "provider"))
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ProviderEvent, None]:
+        """Submit `request` and yield its provider events: the manager used as a `Provider`.
+
+        An agent given the manager as its provider sends every model call through admission,
+        caps and singleflight. Cancelling the consumer leaves the request (the call stops if
+        nobody else follows it).
+
+        Raises:
+            QueueFull, RequestCancelled, RequestExpired, ProviderError: as `RequestHandle.result`.
+        """
+        handle = self.submit(request)
+        try:
+            async for _, event in handle.events():
+                if isinstance(event, StreamDone):
+                    return
+                if isinstance(event, StreamCancelled | StreamFailed):
+                    _assemble(handle.id, [event])  # raises the matching error
+                yield event  # type: ignore[misc]
+        finally:
+            handle.cancel()
+
+    def capabilities(self, model: str) -> ModelCapabilities:
+        """Return the wrapped provider's capabilities for `model`."""
+        return self._provider.capabilities(model)
 
     def _key(self, request: ModelRequest, dedup: bool | None) -> str | None:
         # "off" wins over a caller's opt-in: it is the operator's switch.
