@@ -10,9 +10,13 @@ def test_all_is_sorted_and_complete() -> None:
         assert hasattr(corral, name), name
 
 
-def test_exports_claim_the_corral_module() -> None:
-    assert corral.ToolRegistry.__module__ == "corral"
-    assert corral.ToolResult.__module__ == "corral"
+def test_exceptions_claim_the_corral_module_and_dataclasses_stay_resolvable() -> None:
+    import typing
+
+    assert corral.UsageError.__module__ == "corral"
+    assert corral.ToolResult.__module__ == "corral.scheduler._outcome"
+    assert "status" in typing.get_type_hints(corral.ToolResult)
+    assert "content" in typing.get_type_hints(corral.Message)
 
 
 async def test_quickstart_runs(registry: corral.ToolRegistry) -> None:

@@ -28,6 +28,7 @@ callers' mistakes and for failures of the infrastructure::
     │   ├── ProviderRejected      4xx other than 429: the request itself is wrong
     │   └── StreamBroken          the stream failed after output reached the caller
     └── StateError
+        └── NotFound          no such session, request or record
 
 Inside a batch the `ToolError` subclasses describe a failed call: their type name and message are
 what `ToolResult.error` carries.
@@ -39,6 +40,7 @@ __all__ = [
     "ClosedError",
     "CorralError",
     "HTTPStatusError",
+    "NotFound",
     "OutcomeUnknown",
     "ProviderError",
     "ProviderRejected",
@@ -195,3 +197,14 @@ class StreamBroken(ProviderError):
 
 class StateError(CorralError):
     """A read or write of versioned state failed."""
+
+
+class NotFound(StateError, KeyError):
+    """No such session, request or record; the message names what was looked for.
+
+    Also a `KeyError`, so code that looks things up like a mapping can catch it as one.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's str() quotes the message; read it as the sentence it is.
+        return str(self.args[0]) if self.args else ""

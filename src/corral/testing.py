@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["Gate", "Interval", "ManualClock", "Recorder"]
+from corral.providers.scripted import ScriptedProvider
+
+__all__ = ["Gate", "Interval", "ManualClock", "Recorder", "ScriptedProvider"]
 
 
 class Gate:

@@ -26,6 +26,7 @@ def demo_registry(cwd: Path) -> corral.ToolRegistry:
     reg.register(t.fib, read_only=True, mode="process", timeout=10)
     reg.register(t.shell)
     reg.register(t.flaky)
+    reg.register(t.calculate, read_only=True)
     return reg
 
 

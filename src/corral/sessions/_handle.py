@@ -1,0 +1,162 @@
+"""`RequestHandle`: one request's events, result and cancellation; and the task that runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from corral.agent import Agent, Event, RequestStatus, RunResult, Turn
+from corral.errors import RequestCancelled
+
+if TYPE_CHECKING:
+    from corral.sessions._session import Session
+
+__all__ = ["RequestHandle"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Request:
+    """A request's turn, the requests it waits for, and the task that runs it."""
+
+    __slots__ = ("agent", "session", "task", "turn", "waits_for")
+
+    def __init__(
+        self, session: Session, agent: Agent, turn: Turn, waits_for: tuple[_Request, ...]
+    ) -> None:
+        self.session = session
+        self.agent = agent
+        self.turn = turn
+        self.waits_for = waits_for
+        self.task: asyncio.Task[None] | None = None
+
+    def cancel(self, reason: str) -> bool:
+        """Cancel the request unless it has ended or is being cancelled; return whether it was."""
+        if self.turn.done or self.turn.cancel_reason is not None:
+            return False
+        # The reason goes first: the task reads it to know the cancellation is ours.
+        self.turn.cancel_reason = reason
+        assert self.task is not None
+        self.task.cancel()
+        return True
+
+    async def main(self) -> None:
+        turn = self.turn
+        try:
+            waiting = [r for r in self.waits_for if not r.turn.done]
+            if waiting:
+                turn.queue([r.turn.id for r in waiting])
+                for other in waiting:
+                    await other.turn.finished.wait()
+            # The history as it stands now, after every request this one waited for.
+            await self.agent.run_turn(turn, self.session.history)
+        except asyncio.CancelledError:
+            turn.finish_cancelled()  # a no-op if the agent already finished it
+            task = asyncio.current_task()
+            assert task is not None
+            # Absorb only a cancellation we issued (cancel() set the reason) and nobody else's.
+            if turn.cancel_reason is None or task.uncancel() > 0:
+                raise
+        except Exception:  # the turn recorded it: `Failed`, and result() raises it
+            pass
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then let it go on
+            turn.finish_failed(exc)
+            raise
+        finally:
+            # Before anyone woken by the end of the turn runs: a request sent right after
+            # `await handle.result()` must not find this one still active.
+            self.session._forget(self)
+
+    def on_done(self, task: asyncio.Task[None]) -> None:
+        if not self.turn.done:
+            # Cancelled before its first step: the coroutine never ran, so finish it here.
+            self.turn.finish_cancelled()
+            self.session._forget(self)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("request %s ended abnormally", self.turn.id, exc_info=task.exception())
+
+
+class RequestHandle:
+    """One request sent to a session: iterate its events, await its result, cancel it.
+
+    `async for event in handle` yields every event from the first, then the live ones, and ends
+    after the terminal event (`Done`, `Failed` or `Cancelled`): late joiners get the whole
+    stream, and any number of readers may iterate at once. `handle.events(after=seq)` resumes
+    after a sequence number.
+    """
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: _Request) -> None:
+        self._request = request
+
+    def __repr__(self) -> str:
+        return f"<RequestHandle {self.id} session={self.session_id} {self.status}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RequestHandle):
+            return self._request is other._request
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._request.turn.id)
+
+    @property
+    def id(self) -> str:
+        """The request's id, carried by each of its events."""
+        return self._request.turn.id
+
+    @property
+    def session_id(self) -> str:
+        """The id of the session it was sent to."""
+        return self._request.session.id
+
+    @property
+    def status(self) -> RequestStatus:
+        """Where it is: "new", "queued", "running", "done", "failed" or "cancelled"."""
+        return self._request.turn.status
+
+    def done(self) -> bool:
+        """Whether the request has ended, however."""
+        return self._request.turn.done
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._request.turn.log.read()
+
+    def events(self, *, after: int = 0) -> AsyncIterator[Event]:
+        """Iterate the events numbered above `after`, then the live ones, to the terminal one."""
+        return self._request.turn.log.read(after=after)
+
+    @property
+    def history(self) -> tuple[Event, ...]:
+        """The events so far."""
+        return self._request.turn.log.snapshot()
+
+    async def result(self) -> RunResult:
+        """Wait for the end of the request and return its result.
+
+        When it returns, the turn is in the session's history. Cancellation-safe: cancelling the
+        waiter does not cancel the request.
+
+        Raises:
+            RequestCancelled: the request was cancelled.
+            ProviderError: the model call failed (or whatever else ended the request).
+        """
+        turn = self._request.turn
+        await turn.finished.wait()
+        if turn.result is not None:
+            return turn.result
+        if turn.status == "cancelled":
+            raise RequestCancelled(f"request {turn.id!r} was cancelled: {turn.cancel_reason}")
+        assert turn.error is not None
+        raise turn.error
+
+    def cancel(self, reason: str = "cancelled by its handle") -> bool:
+        """Cancel this request only; return False if it had already ended or was cancelled.
+
+        Returns at once; the request ends soon after (await `result()` to wait for it). Its
+        history stays consistent: see `Session`.
+        """
+        return self._request.cancel(reason)
