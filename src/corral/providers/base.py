@@ -129,7 +129,10 @@ ProviderEvent: TypeAlias = TextDelta | ToolCallDelta | ToolCallDone | Usage | Fi
 class Provider(Protocol):
     """A model service: `stream` is the one method; everything else is built on it."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """A short name for logs, metrics and dedup keys ("openai", "anthropic", ...)."""
+        ...
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
         """Call the model and yield its events; the last one is `Finish`.
