@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
 
 import psutil
 import pytest
@@ -84,3 +85,19 @@ async def registry() -> AsyncIterator[corral.ToolRegistry]:
         assert stats.idle, f"registry not idle after the test: {stats}"
     finally:
         await reg.aclose()
+
+
+def _service_unavailable(what: str, reason: object) -> NoReturn:
+    message = f"{what} is not reachable ({reason})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; with CI=true every service must be up", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def service_unavailable() -> Callable[[str, object], NoReturn]:
+    """Report a service a test needs (PostgreSQL, Redis) as down: skip, or fail when CI=true.
+
+    Call it as `service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)`.
+    """
+    return _service_unavailable

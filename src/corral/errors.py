@@ -27,14 +27,21 @@ callers' mistakes and for failures of the infrastructure::
     │   ├── ProviderUnavailable   5xx, connection refused or reset, timeouts
     │   ├── ProviderRejected      4xx other than 429: the request itself is wrong
     │   └── StreamBroken          the stream failed after output reached the caller
-    └── StateError
-        └── NotFound          no such session, request or record
+    └── StateError            a store failed: its database, connection or pool
+        ├── NotFound          no such session, request or record
+        └── VersionConflict(key, expected, actual, current)
+                              a write's version precondition failed; nothing was written
 
 Inside a batch the `ToolError` subclasses describe a failed call: their type name and message are
 what `ToolResult.error` carries.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.state.base import MemoryRecord
 
 __all__ = [
     "ClosedError",
@@ -62,6 +69,7 @@ __all__ = [
     "ToolNotFound",
     "ToolTimeout",
     "UsageError",
+    "VersionConflict",
     "WorkerDied",
 ]
 
@@ -208,3 +216,28 @@ class NotFound(StateError, KeyError):
     def __str__(self) -> str:
         # KeyError's str() quotes the message; read it as the sentence it is.
         return str(self.args[0]) if self.args else ""
+
+
+class VersionConflict(StateError):
+    """A write's version precondition failed: the record changed since the writer read it.
+
+    Nothing was written. `expected` is the version the writer based its change on (None: it meant
+    to create the record); `actual` is the version stored now (None: the record does not exist);
+    `current` is the stored record itself (None when absent), so the writer can re-read and re-plan
+    instead of overwriting.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        expected: int | None,
+        actual: int | None,
+        current: MemoryRecord | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        self.current = current

@@ -133,6 +133,37 @@ def bench_manager(
     run_manager_bench(requests=requests)
 
 
+db_app = typer.Typer(help="The server's database: schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="CORRAL_DATABASE_URL",
+            help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASS@HOST/DB.",
+        ),
+    ],
+) -> None:
+    """Migrate the database to the newest schema; safe to run again, or from several hosts."""
+    import asyncio
+
+    from corral.errors import CorralError
+    from corral.state import upgrade
+    from corral.state._engine import parse_url, redact
+    from corral.state._migrate import head_revision
+
+    try:
+        where = redact(parse_url(url)[0])
+        asyncio.run(upgrade(url))
+    except CorralError as exc:
+        typer.secho(f"corral db upgrade: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{where} is at revision {head_revision()}, the newest")
+
+
 def main() -> None:
     """Entry point of the `corral` script."""
     app()

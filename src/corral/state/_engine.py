@@ -1,0 +1,202 @@
+"""Engines for the SQL store: URL checks, pools, SQLite's pragmas and locking, error mapping.
+
+SQLAlchemy and driver errors are turned into corral errors here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from corral.errors import CorralError, StateError, UsageError
+
+__all__ = ["Backend", "PoolOptions", "WRITE", "is_transient", "make_engine", "redact", "translate"]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["sqlite", "postgresql"]
+
+WRITE = "corral_write"
+"""Execution option marking a write transaction: on SQLite it begins with BEGIN IMMEDIATE."""
+
+# PostgreSQL: serialization_failure, deadlock_detected. Not expected at READ COMMITTED with the
+# statements the store runs, but if the database reports one the transaction is safe to rerun.
+_PG_TRANSIENT = frozenset({"40001", "40P01"})
+_PG_FOREIGN_KEY = "23503"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """The bounds of a store's connection pool."""
+
+    pool_size: int = 5
+    """Connections kept open."""
+    max_overflow: int = 10
+    """Extra connections opened under load, closed when returned."""
+    pool_timeout_s: float = 30.0
+    """How long a call waits for a free connection before it fails."""
+    pool_recycle_s: float = 1800.0
+    """Connections older than this are replaced (servers and proxies drop idle ones)."""
+    sqlite_busy_timeout_s: float = 5.0
+    """How long SQLite waits for another connection's write lock before "database is locked"."""
+
+    def __post_init__(self) -> None:
+        for name in ("pool_size", "max_overflow"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"{name} must be an int >= 0, got {value!r}")
+        if self.pool_size < 1:
+            raise UsageError(f"pool_size must be at least 1, got {self.pool_size!r}")
+        for name in ("pool_timeout_s", "pool_recycle_s", "sqlite_busy_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def redact(url: sa.URL) -> str:
+    """Return the URL without its password, for messages and logs."""
+    return url.render_as_string(hide_password=True)
+
+
+def parse_url(url: str | sa.URL) -> tuple[sa.URL, Backend]:
+    """Return the parsed URL and its backend, or raise `UsageError` naming what is wrong."""
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise UsageError(f"database URL {url!r} is not valid: {exc}") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        if driver != "aiosqlite":
+            raise UsageError(
+                f"database URL {redact(parsed)!r}: use the async driver, 'sqlite+aiosqlite:///PATH'"
+            )
+        database = parsed.database or ""
+        if database in ("", ":memory:") or "mode=memory" in str(parsed.query):
+            raise UsageError(
+                f"database URL {redact(parsed)!r} is an in-memory SQLite database, private to each "
+                "pooled connection; give a file path, or use corral.state.MemoryStore"
+            )
+        return parsed, "sqlite"
+    if backend == "postgresql":
+        if driver != "asyncpg":
+            raise UsageError(
+                f"database URL {redact(parsed)!r}: use the async driver, "
+                "'postgresql+asyncpg://USER@HOST/DB' (pip install 'corral[postgres]')"
+            )
+        return parsed, "postgresql"
+    raise UsageError(
+        f"database URL {redact(parsed)!r}: corral stores state in SQLite "
+        f"('sqlite+aiosqlite:///PATH') or PostgreSQL ('postgresql+asyncpg://...'), not {backend!r}"
+    )
+
+
+def make_engine(url: sa.URL, backend: Backend, options: PoolOptions) -> AsyncEngine:
+    """Return a pooled engine for `url`, configured for the store's transactions."""
+    kwargs: dict[str, Any] = {
+        "pool_size": options.pool_size,
+        "max_overflow": options.max_overflow,
+        "pool_timeout": options.pool_timeout_s,
+        "pool_recycle": options.pool_recycle_s,
+    }
+    if backend == "sqlite":
+        # aiosqlite defaults to a queue pool for files already; say so, since a pool is needed
+        # for concurrent readers beside the writer (WAL). No pre-ping: a file does not drop
+        # connections, and each statement costs a hop to aiosqlite's thread.
+        kwargs["poolclass"] = sa.AsyncAdaptedQueuePool
+        engine = create_async_engine(url, **kwargs)
+        _configure_sqlite(engine, options.sqlite_busy_timeout_s)
+        return engine
+    # A connection the server or a proxy dropped is replaced before a call gets it.
+    kwargs["pool_pre_ping"] = True
+    kwargs["connect_args"] = {"server_settings": {"application_name": "corral"}}
+    return create_async_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    busy_ms = round(busy_timeout_s * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Turn off the driver's own transaction handling (it begins late, with a plain BEGIN,
+        # and not before DDL) so that `_on_begin` alone decides how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL: readers do not block the writer, nor the writer readers.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # In WAL mode NORMAL never corrupts the database and survives an application crash;
+            # only a power loss may undo the latest commits. FULL would fsync every commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        # A write transaction takes the write lock when it begins, waiting up to busy_timeout.
+        # A deferred BEGIN would take it at the first write, and a transaction that read first
+        # then fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT): busy_timeout
+        # cannot help, since its snapshot is already stale.
+        write = connection.get_execution_options().get(WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _orig(exc: BaseException) -> BaseException | None:
+    return exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = _orig(exc)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed transaction may simply be run again (nothing of it was committed)."""
+    if not isinstance(exc, sa_exc.OperationalError | sa_exc.DBAPIError):
+        return False
+    if _sqlstate(exc) in _PG_TRANSIENT:
+        return True
+    text = str(_orig(exc) or "").lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def translate(
+    exc: BaseException, what: str, *, on_foreign_key: Callable[[], CorralError] | None = None
+) -> CorralError:
+    """Return the corral error standing for a SQLAlchemy or driver error `exc` raised by `what`.
+
+    The message names what failed and the database's own reason, never the statement's
+    parameters (they may hold secrets such as API key hashes).
+    """
+    orig = _orig(exc)
+    reason = (str(orig) if orig is not None else str(exc)).strip().splitlines()
+    detail = f"{type(orig or exc).__name__}: {reason[0] if reason else ''}"
+    if isinstance(exc, sa_exc.IntegrityError) and on_foreign_key is not None:
+        if _sqlstate(exc) == _PG_FOREIGN_KEY or "foreign key constraint" in detail.lower():
+            return on_foreign_key()
+    if isinstance(exc, sa_exc.TimeoutError):
+        return StateError(f"{what}: no database connection came free in time ({exc})")
+    if is_transient(exc):
+        return StateError(f"{what}: the database stayed locked by other writers ({detail})")
+    if isinstance(exc, OSError | TimeoutError) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return StateError(f"{what}: the database could not be reached ({detail})")
+    if (
+        isinstance(exc, sa_exc.NoSuchTableError)
+        or _sqlstate(exc) == "42P01"
+        or "no such table" in detail.lower()
+    ):
+        return StateError(
+            f"{what}: the database does not have the expected schema ({detail}); "
+            "run `corral db upgrade`"
+        )
+    return StateError(f"{what}: the database failed ({detail})")

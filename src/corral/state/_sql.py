@@ -1,0 +1,639 @@
+"""`SqlStore`: the store on SQLite (aiosqlite) or PostgreSQL (asyncpg), through SQLAlchemy 2.
+
+Concurrency, per backend:
+
+- No lock of corral's own around the database: every call takes a pooled connection (bounded:
+  `pool_size` + `max_overflow`, waiting at most `pool_timeout_s`) and runs one transaction.
+- PostgreSQL runs at READ COMMITTED; what must not race is serialised by row locks taken by the
+  statements themselves (the session's counter row for appends, a memory row for increments).
+- SQLite (WAL) runs reads concurrently and write transactions one at a time: they begin with
+  BEGIN IMMEDIATE, waiting up to `sqlite_busy_timeout_s` for the write lock, and a transaction
+  that still finds the database locked is rerun with a bounded, jittered backoff.
+
+Message sequence numbers: ``UPDATE sessions SET last_seq = last_seq + :n ... RETURNING
+last_seq`` in the transaction that inserts the messages. The UPDATE locks the session's row until
+commit, so concurrent appends to one session take turns and each gets the next run of numbers; a
+rolled-back append also rolls back its counter, so there are no gaps. The primary key (tenant,
+session, seq) would refuse a duplicate number if anything else went wrong.
+
+The statements themselves: `corral.state._sql_records` (tenants, keys, sessions, messages,
+requests) and `corral.state._sql_memory` (versioned memory, with its concurrency notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from corral._retry import Backoff
+from corral._types import AsyncResource, JSONValue
+from corral.errors import CorralError, NotFound, StateError, UsageError
+from corral.messages import Message
+from corral.state import _keys, _rules
+from corral.state import _sql_records as _records
+from corral.state._engine import (
+    WRITE,
+    Backend,
+    PoolOptions,
+    is_transient,
+    make_engine,
+    parse_url,
+    redact,
+    translate,
+)
+from corral.state._lifecycle import Lifecycle
+from corral.state._migrate import current_revision, head_revision, upgrade
+from corral.state._sql_memory import MemoryStatements, list_scope, read_audit
+from corral.state._tables import memory, memory_audit, sessions
+from corral.state.base import (
+    ApiKeyRecord,
+    AuditEntry,
+    MemoryKind,
+    MemoryRecord,
+    RequestRecord,
+    RequestStatus,
+    SessionRecord,
+    StoredMessage,
+    StoreStatistics,
+    Tenant,
+)
+
+__all__ = ["SqlStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Reruns of a transaction the database reported locked (SQLite) or unserialisable (PostgreSQL),
+# after SQLite's own busy_timeout wait: rare, so few and short.
+_LOCKED_BACKOFF = Backoff(attempts=5, base_s=0.05, max_s=1.0)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlStore(AsyncResource):
+    """A `Store` in a SQL database: SQLite for one machine, PostgreSQL for several servers.
+
+    Open it with `await SqlStore.connect(url)`; close it with `aclose()` or `async with`.
+    Safe for many tasks at once, and for several processes sharing one database.
+    """
+
+    def __init__(self, engine: AsyncEngine, backend: Backend, url: sa.URL) -> None:
+        """Wrap an engine made by `connect`; use `connect` instead."""
+        self._engine = engine
+        self._writer = engine.execution_options(**{WRITE: True})
+        self._backend = backend
+        self._url = url
+        self._insert: Any = postgresql.insert if backend == "postgresql" else sqlite.insert
+        self._life = Lifecycle(f"the store at {redact(url)}")
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | sa.URL,
+        *,
+        upgrade: bool = False,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        pool_timeout_s: float = 30.0,
+        pool_recycle_s: float = 1800.0,
+        sqlite_busy_timeout_s: float = 5.0,
+    ) -> SqlStore:
+        """Open a store on `url` and check its schema is current.
+
+        Args:
+            url: ``sqlite+aiosqlite:///PATH`` or ``postgresql+asyncpg://USER:PASS@HOST/DB``.
+            upgrade: Migrate the database to the newest schema first (see `upgrade`).
+            pool_size: Connections kept open.
+            max_overflow: Extra connections opened under load.
+            pool_timeout_s: How long a call waits for a connection before `StateError`.
+            pool_recycle_s: Connections older than this are replaced.
+            sqlite_busy_timeout_s: How long SQLite waits for another writer's lock.
+
+        Raises:
+            UsageError: an unsupported URL or a bad pool option.
+            StateError: the database cannot be reached, or is not at the newest migration
+                (run `corral db upgrade`, or pass `upgrade=True`).
+        """
+        parsed, backend = parse_url(url)
+        options = PoolOptions(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout_s=pool_timeout_s,
+            pool_recycle_s=pool_recycle_s,
+            sqlite_busy_timeout_s=sqlite_busy_timeout_s,
+        )
+        if upgrade:
+            await _upgrade(parsed)
+        store = cls(make_engine(parsed, backend, options), backend, parsed)
+        try:
+            await store._check_schema()
+        except BaseException:
+            await store._engine.dispose()
+            raise
+        return store
+
+    async def _check_schema(self) -> None:
+        head = head_revision()
+        at = await self._tx("checking the schema", _run_sync(current_revision), write=False)
+        if at != head:
+            raise StateError(
+                f"the database at {redact(self._url)} is at schema revision {at or 'none'}, "
+                f"not {head}: run `corral db upgrade --url URL` first"
+            )
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    async def _tx(
+        self,
+        what: str,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool,
+        on_foreign_key: Callable[[], CorralError] | None = None,
+    ) -> T:
+        """Run `fn` in one transaction, rerunning it while the database reports it locked.
+
+        The one place database errors become corral errors. Cancelled, a PostgreSQL call is
+        interrupted and rolls back; a SQLite call first runs to its end (see `_run_to_end`).
+        """
+        self._life.enter()
+        try:
+            if self._backend == "sqlite":
+                return await _run_to_end(self._attempts(fn, write))
+            return await self._attempts(fn, write)
+        except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise translate(exc, what, on_foreign_key=on_foreign_key) from exc
+        finally:
+            self._life.exit()
+
+    async def _attempts(self, fn: Callable[[AsyncConnection], Awaitable[T]], write: bool) -> T:
+        engine = self._writer if write else self._engine
+        attempt = 1
+        while True:
+            try:
+                async with engine.begin() as conn:
+                    return await fn(conn)
+            except sa_exc.DBAPIError as exc:
+                # Rerunning is safe: the transaction rolled back, nothing of it was committed.
+                delay = _LOCKED_BACKOFF.next_delay_s(attempt) if is_transient(exc) else None
+                if delay is None:
+                    raise
+                logger.debug(
+                    "transaction found the database locked; rerun %d in %.3fs", attempt, delay
+                )
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _bytewise(self, column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """Order by code point, as Python and SQLite do, whatever the database's locale."""
+        return column.collate("C") if self._backend == "postgresql" else column
+
+    def _memory(
+        self, conn: AsyncConnection, tenant_id: str, scope: str, key: str
+    ) -> MemoryStatements:
+        return MemoryStatements(conn, self._insert, tenant_id, scope, key)
+
+    # -- tenants and API keys -------------------------------------------------------------------
+
+    async def create_tenant(self, name: str, *, tenant_id: str | None = None) -> Tenant:
+        """Create a tenant; `tenant_id` defaults to a fresh random id."""
+        name = _rules.check_text(name, "tenant name")
+        tenant_id = _rules.check_id(tenant_id or uuid.uuid4().hex, "tenant id")
+        tenant = Tenant(tenant_id, name, _now())
+        return await self._tx(
+            "creating a tenant",
+            lambda conn: _records.create_tenant(conn, self._insert, tenant),
+            write=True,
+        )
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        """Return the tenant, or raise `NotFound`."""
+        return await self._tx(
+            "reading a tenant", lambda conn: _records.read_tenant(conn, tenant_id), write=False
+        )
+
+    async def create_api_key(self, tenant_id: str, *, name: str = "") -> tuple[str, ApiKeyRecord]:
+        """Create an API key; return the key (shown once) and its record (no plaintext kept)."""
+        name = _rules.check_text(name, "API key name", empty=True)
+        key, key_id, digest = _keys.new_key()
+        record = ApiKeyRecord(key_id, tenant_id, name, _now())
+        await self._tx(
+            "creating an API key",
+            lambda conn: _records.create_api_key(conn, record, digest),
+            write=True,
+            on_foreign_key=lambda: NotFound(f"no tenant {tenant_id!r}"),
+        )
+        return key, record
+
+    async def tenant_for_key(self, key: str) -> Tenant | None:
+        """Return the tenant of a valid, unrevoked key, or None."""
+        key_id = _keys.parse_key(key)
+        if key_id is None:
+            return None
+        return await self._tx(
+            "looking up an API key",
+            lambda conn: _records.tenant_for_key(conn, key, key_id),
+            write=False,
+        )
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
+        """Revoke a key by its id; idempotent. Raises `NotFound`."""
+        await self._tx(
+            "revoking an API key",
+            lambda conn: _records.revoke_api_key(conn, tenant_id, key_id),
+            write=True,
+        )
+
+    # -- sessions and messages ------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        tenant_id: str,
+        *,
+        session_id: str | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+    ) -> SessionRecord:
+        """Create a session; `session_id` defaults to a fresh random id."""
+        session_id = _rules.check_id(session_id or uuid.uuid4().hex, "session id")
+        meta = _rules.encode_json(dict(metadata or {}), "session metadata")
+        record = SessionRecord(session_id, tenant_id, _now(), _rules.decode_json(meta))
+        return await self._tx(
+            "creating a session",
+            lambda conn: _records.create_session(conn, self._insert, record, meta),
+            write=True,
+            on_foreign_key=lambda: NotFound(f"no tenant {tenant_id!r}"),
+        )
+
+    async def get_session(self, tenant_id: str, session_id: str) -> SessionRecord:
+        """Return the session, or raise `NotFound`."""
+        return await self._tx(
+            "reading a session",
+            lambda conn: _records.read_session(conn, tenant_id, session_id),
+            write=False,
+        )
+
+    async def list_sessions(
+        self, tenant_id: str, *, limit: int | None = None
+    ) -> list[SessionRecord]:
+        """Return the tenant's sessions, oldest first."""
+        limit = _rules.check_limit(limit)
+        order = self._bytewise(sessions.c.id)
+        return await self._tx(
+            "listing sessions",
+            lambda conn: _records.list_sessions(conn, tenant_id, limit, order),
+            write=False,
+        )
+
+    async def delete_session(self, tenant_id: str, session_id: str) -> None:
+        """Delete a session with its messages, requests and session-scoped memory."""
+        await self._tx(
+            "deleting a session",
+            lambda conn: _records.delete_session(conn, tenant_id, session_id),
+            write=True,
+        )
+
+    async def append_messages(
+        self,
+        tenant_id: str,
+        session_id: str,
+        request_id: str | None,
+        messages: Sequence[Message],
+    ) -> list[int]:
+        """Append messages at once; return their gap-free sequence numbers."""
+        if request_id is not None:
+            _rules.check_id(request_id, "request id")
+        bodies = [_rules.encode_message(m, i) for i, m in enumerate(messages)]
+        if not bodies:
+            await self.get_session(tenant_id, session_id)
+            return []
+        return await self._tx(
+            "appending messages",
+            lambda conn: _records.append(conn, tenant_id, session_id, request_id, bodies),
+            write=True,
+        )
+
+    async def list_messages(
+        self, tenant_id: str, session_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredMessage]:
+        """Return the session's messages with `seq > after_seq`, in order."""
+        after_seq = _rules.check_after_seq(after_seq)
+        limit = _rules.check_limit(limit)
+        return await self._tx(
+            "listing messages",
+            lambda conn: _records.list_messages(conn, tenant_id, session_id, after_seq, limit),
+            write=False,
+        )
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def record_request(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        status: RequestStatus = "running",
+    ) -> tuple[RequestRecord, bool]:
+        """Record a new request, or return the one recorded with the same idempotency key."""
+        request_id = _rules.check_id(request_id or uuid.uuid4().hex, "request id")
+        if idempotency_key is not None:
+            _rules.check_text(idempotency_key, "idempotency key")
+        status = _rules.check_new_status(status)
+        record = RequestRecord(
+            request_id, tenant_id, session_id, status, None, idempotency_key, _now(), None
+        )
+        return await self._tx(
+            "recording a request",
+            lambda conn: _records.record_request(conn, self._insert, record),
+            write=True,
+            on_foreign_key=lambda: NotFound(f"no session {session_id!r}"),
+        )
+
+    async def start_request(self, tenant_id: str, request_id: str) -> RequestRecord:
+        """Move a queued request to "running"."""
+        return await self._tx(
+            "starting a request",
+            lambda conn: _records.transition(
+                conn,
+                tenant_id,
+                request_id,
+                allowed=("queued",),
+                values={"status": "running"},
+                what="started",
+            ),
+            write=True,
+        )
+
+    async def finish_request(
+        self,
+        tenant_id: str,
+        request_id: str,
+        *,
+        status: RequestStatus,
+        error: str | None = None,
+    ) -> RequestRecord:
+        """Give a request its final status and finish time."""
+        values = {
+            "status": _rules.check_final_status(status, error),
+            "error": error,
+            "finished_at": _now(),
+        }
+        return await self._tx(
+            "finishing a request",
+            lambda conn: _records.transition(
+                conn,
+                tenant_id,
+                request_id,
+                allowed=("queued", "running"),
+                values=values,
+                what="finished",
+            ),
+            write=True,
+        )
+
+    async def get_request(self, tenant_id: str, request_id: str) -> RequestRecord:
+        """Return the request, or raise `NotFound`."""
+        return await self._tx(
+            "reading a request",
+            lambda conn: _records.read_request(conn, tenant_id, request_id),
+            write=False,
+        )
+
+    async def find_request(self, tenant_id: str, idempotency_key: str) -> RequestRecord | None:
+        """Return the request recorded with this idempotency key, if any."""
+        return await self._tx(
+            "finding a request",
+            lambda conn: _records.find_request(conn, tenant_id, idempotency_key),
+            write=False,
+        )
+
+    # -- versioned memory -----------------------------------------------------------------------
+
+    async def memory_get(self, tenant_id: str, scope: str, key: str) -> MemoryRecord | None:
+        """Return the record, or None if the key does not exist."""
+        _rules.check_scope(scope)
+        _rules.check_key(key)
+
+        async def op(conn: AsyncConnection) -> MemoryRecord | None:
+            return await self._memory(conn, tenant_id, scope, key).live()
+
+        return await self._tx("reading memory", op, write=False)
+
+    async def memory_list(self, tenant_id: str, scope: str) -> list[MemoryRecord]:
+        """Return the live records of a scope, by key."""
+        _rules.check_scope(scope)
+
+        order = self._bytewise(memory.c.key)
+        return await self._tx(
+            "listing memory",
+            lambda conn: list_scope(conn, tenant_id, scope, order),
+            write=False,
+        )
+
+    async def _memory_write(
+        self,
+        what: str,
+        tenant_id: str,
+        scope: str,
+        key: str,
+        fn: Callable[[MemoryStatements], Awaitable[T]],
+    ) -> T:
+        async def op(conn: AsyncConnection) -> T:
+            return await fn(self._memory(conn, tenant_id, scope, key))
+
+        return await self._tx(
+            f"{what} memory key {key!r} in {scope}",
+            op,
+            write=True,
+            on_foreign_key=lambda: NotFound(f"no tenant {tenant_id!r}"),
+        )
+
+    async def memory_put(
+        self,
+        tenant_id: str,
+        scope: str,
+        key: str,
+        value: JSONValue,
+        *,
+        if_version: int | None,
+        writer: str,
+        kind: MemoryKind = "json",
+    ) -> MemoryRecord:
+        """Write a value if the key is at `if_version` (None: create it)."""
+        _rules.check_scope(scope)
+        _rules.check_key(key)
+        expected = _rules.check_if_version(if_version, create_allowed=True)
+        writer = _rules.check_text(writer, "writer")
+        kind = _rules.check_kind(kind, value)
+        text = _rules.encode_json(value, f"the value of memory key {key!r}")
+        if expected is None:
+            return await self._memory_write(
+                "creating", tenant_id, scope, key, lambda m: m.create(kind, text, writer)
+            )
+        return await self._memory_write(
+            "writing", tenant_id, scope, key, lambda m: m.replace(expected, kind, text, writer)
+        )
+
+    async def memory_patch(
+        self,
+        tenant_id: str,
+        scope: str,
+        key: str,
+        patch: Mapping[str, JSONValue],
+        *,
+        if_version: int,
+        writer: str,
+    ) -> MemoryRecord:
+        """Apply an RFC 7386 merge patch to a "json" value at `if_version`."""
+        _rules.check_scope(scope)
+        _rules.check_key(key)
+        expected = _rules.check_if_version(if_version, create_allowed=False)
+        assert expected is not None
+        writer = _rules.check_text(writer, "writer")
+        patch = _rules.check_patch(patch)
+        _rules.encode_json(dict(patch), f"the patch of memory key {key!r}")
+        return await self._memory_write(
+            "patching", tenant_id, scope, key, lambda m: m.patch(expected, patch, writer)
+        )
+
+    async def memory_append(
+        self, tenant_id: str, scope: str, key: str, item: JSONValue, *, writer: str
+    ) -> MemoryRecord:
+        """Append `item` to the list at `key` (created if absent); never loses an append."""
+        _rules.check_scope(scope)
+        _rules.check_key(key)
+        writer = _rules.check_text(writer, "writer")
+        _rules.encode_json(item, f"the item appended to memory key {key!r}")
+        return await self._memory_write(
+            "appending to",
+            tenant_id,
+            scope,
+            key,
+            lambda m: m.reduce("append", lambda cur: _rules.appended(cur, item), writer),
+        )
+
+    async def memory_increment(
+        self, tenant_id: str, scope: str, key: str, by: int | float = 1, *, writer: str
+    ) -> MemoryRecord:
+        """Add `by` to the number at `key` (created if absent); never loses an increment."""
+        _rules.check_scope(scope)
+        _rules.check_key(key)
+        writer = _rules.check_text(writer, "writer")
+        by = _rules.check_number(by)
+        return await self._memory_write(
+            "incrementing",
+            tenant_id,
+            scope,
+            key,
+            lambda m: m.reduce("increment", lambda cur: _rules.incremented(cur, by), writer),
+        )
+
+    async def memory_delete(
+        self, tenant_id: str, scope: str, key: str, *, if_version: int, writer: str
+    ) -> int:
+        """Delete the key if it is at `if_version`; return the deletion's version."""
+        _rules.check_scope(scope)
+        _rules.check_key(key)
+        expected = _rules.check_if_version(if_version, create_allowed=False)
+        assert expected is not None
+        writer = _rules.check_text(writer, "writer")
+        return await self._memory_write(
+            "deleting", tenant_id, scope, key, lambda m: m.delete(expected, writer)
+        )
+
+    async def audit(
+        self,
+        tenant_id: str,
+        *,
+        scope: str | None = None,
+        key: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Return memory writes, oldest first."""
+        where = [memory_audit.c.tenant_id == tenant_id]
+        if scope is not None:
+            where.append(memory_audit.c.scope == _rules.check_scope(scope))
+        if key is not None:
+            if scope is None:
+                raise UsageError("audit(key=...) needs the key's scope too")
+            where.append(memory_audit.c.key == _rules.check_key(key))
+        limit = _rules.check_limit(limit)
+
+        return await self._tx(
+            "reading the audit log",
+            lambda conn: read_audit(conn, where, limit),
+            write=False,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def statistics(self) -> StoreStatistics:
+        """Return calls in flight and the pool's connections."""
+        pool = cast(sa.QueuePool, self._engine.pool)
+        return StoreStatistics(
+            name=self._backend,
+            in_flight=self._life.in_flight,
+            checked_out=pool.checkedout(),
+            pool_size=pool.size(),
+            overflow=pool.overflow(),
+        )
+
+    async def aclose(self) -> None:
+        """Stop taking calls, wait for those in flight, then close every connection. Idempotent."""
+        if not self._life.start_close():
+            await self._life.wait_closed()
+            return
+        try:
+            await self._life.wait_idle()
+        finally:
+            try:
+                await self._engine.dispose()
+            finally:
+                self._life.closed()
+
+
+async def _run_to_end(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` to its end even if the caller is cancelled meanwhile, then re-raise that.
+
+    For SQLite: aiosqlite runs each statement in a thread that cancellation cannot stop, and a
+    transaction cancelled between statements was seen to leave its connection, write lock held,
+    to the garbage collector, so every other writer timed out until then (found by
+    test_a_cancelled_append_takes_no_number). A SQLite transaction is short and bounded by the
+    busy timeout, so the caller waits that long at most; the call may then have committed.
+    """
+    task = asyncio.create_task(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as exc:  # held, never swallowed: re-raised below
+            cancelled = exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # the caller is gone; its outcome is not reported
+        raise cancelled
+    return task.result()
+
+
+def _run_sync(fn: Callable[[sa.Connection], T]) -> Callable[[AsyncConnection], Awaitable[T]]:
+    async def run(conn: AsyncConnection) -> T:
+        return await conn.run_sync(fn)
+
+    return run
+
+
+async def _upgrade(url: sa.URL) -> None:
+    await upgrade(url)

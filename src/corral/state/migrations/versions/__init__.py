@@ -1,0 +1,1 @@
+"""Migration revisions, oldest first; each names its `down_revision`."""

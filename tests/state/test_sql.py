@@ -1,0 +1,342 @@
+"""What only the SQL store has: several pools on one database, locks, pools, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from corral import Message, UsageError
+from corral.errors import StateError
+from corral.state import SqlStore
+from tests.state.conftest import sqlite_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "corral.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def stores(sql_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
+    """Two stores on one database, as two server processes would have."""
+    first = await SqlStore.connect(sql_url, upgrade=True)
+    second = await SqlStore.connect(sql_url)
+    try:
+        yield first, second
+        for store in (first, second):
+            assert store.statistics().idle, store.statistics()
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_two_stores_on_one_database_share_gap_free_numbers(
+    stores: tuple[SqlStore, SqlStore],
+) -> None:
+    one, two = stores
+    tenant = await one.create_tenant("acme")
+    session = await one.create_session(tenant.id)
+    results = await asyncio.gather(
+        *(
+            (one if n % 2 else two).append_messages(
+                tenant.id, session.id, f"r{n}", [Message.user(f"{n}a"), Message.user(f"{n}b")]
+            )
+            for n in range(40)
+        ),
+        *(one.memory_increment(tenant.id, "workspace:w", "n", writer="one") for _ in range(20)),
+        *(two.memory_increment(tenant.id, "workspace:w", "n", writer="two") for _ in range(20)),
+    )
+    appended: list[Any] = list(results[:40])
+    seqs = sorted(s for r in appended for s in r)
+    assert seqs == list(range(1, 81))
+    stored = await two.list_messages(tenant.id, session.id)
+    assert sorted(m.message.content for m in stored) == sorted(
+        f"{n}{x}" for n in range(40) for x in "ab"
+    )
+    count = await one.memory_get(tenant.id, "workspace:w", "n")
+    assert count is not None
+    assert (count.value, count.version) == (40, 40)
+
+
+async def test_api_keys_are_stored_only_as_hashes(sql_url: str, tmp_path: Path) -> None:
+    def sqlite_files() -> list[bytes]:
+        return [p.read_bytes() for p in tmp_path.glob("corral.db*")]
+
+    store = await SqlStore.connect(sql_url, upgrade=True)
+    try:
+        tenant = await store.create_tenant("acme")
+        key, record = await store.create_api_key(tenant.id, name="ci")
+        # While open, the key's row may sit in the WAL file; after close, in the database.
+        files = await asyncio.to_thread(sqlite_files)
+    finally:
+        await store.aclose()
+    files += await asyncio.to_thread(sqlite_files)
+    secret = key.rsplit("_", 1)[1]
+    assert not any(secret.encode() in data for data in files)
+    engine = create_async_engine(sql_url, poolclass=sa.NullPool)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT * FROM api_keys"))).all()
+    finally:
+        await engine.dispose()
+    mine = [row for row in rows if row.id == record.id]
+    assert len(mine) == 1
+    assert mine[0].key_hash == hashlib.sha256(key.encode()).hexdigest()
+    for row in rows:
+        assert not any(secret in str(value) for value in row)
+
+
+# -- locks: per row, never per database ---------------------------------------------------------
+
+
+async def lock_session_row(conn: Any, tenant_id: str, session_id: str) -> None:
+    await conn.execute(
+        sa.text("SELECT 1 FROM sessions WHERE tenant_id = :t AND id = :s FOR UPDATE"),
+        {"t": tenant_id, "s": session_id},
+    )
+
+
+async def test_postgres_appends_wait_only_for_their_own_session(postgres_url: str) -> None:
+    store = await SqlStore.connect(postgres_url)
+    outsider = create_async_engine(postgres_url, poolclass=sa.NullPool)
+    try:
+        tenant = await store.create_tenant("acme")
+        busy = await store.create_session(tenant.id)
+        free = await store.create_session(tenant.id)
+        async with outsider.connect() as conn:
+            await conn.begin()
+            await lock_session_row(conn, tenant.id, busy.id)
+            blocked = asyncio.create_task(
+                store.append_messages(tenant.id, busy.id, None, [Message.user("waits")])
+            )
+            # Another session's appends go ahead while that row is locked...
+            for _ in range(3):
+                await store.append_messages(tenant.id, free.id, None, [Message.user("goes")])
+            assert not blocked.done()  # ... and this one cannot finish before the lock goes.
+            assert store.statistics().in_flight == 1
+            await conn.rollback()
+        assert await blocked == [1]
+        assert store.statistics().idle
+    finally:
+        await outsider.dispose()
+        await store.aclose()
+
+
+async def test_postgres_cancelling_a_call_waiting_on_a_lock_rolls_it_back(
+    postgres_url: str,
+) -> None:
+    store = await SqlStore.connect(postgres_url, pool_size=1, max_overflow=0)
+    outsider = create_async_engine(postgres_url, poolclass=sa.NullPool)
+    try:
+        tenant = await store.create_tenant("acme")
+        session = await store.create_session(tenant.id)
+        async with outsider.connect() as conn:
+            await conn.begin()
+            await lock_session_row(conn, tenant.id, session.id)
+            waiting = asyncio.create_task(
+                store.append_messages(tenant.id, session.id, None, [Message.user("cancelled")])
+            )
+            await until_waiting_for_a_lock(conn)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await conn.rollback()
+        # The pool's one connection came back usable, and the cancelled append left no number.
+        assert store.statistics().idle
+        assert await store.append_messages(tenant.id, session.id, None, [Message.user("ok")]) == [1]
+        assert [m.message.content for m in await store.list_messages(tenant.id, session.id)] == [
+            "ok"
+        ]
+    finally:
+        await outsider.dispose()
+        await store.aclose()
+
+
+async def until_waiting_for_a_lock(conn: Any) -> None:
+    """Return once a backend of this database waits for a lock (the server's own view)."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    for _ in range(1000):
+        if (await conn.execute(query)).scalar():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no call started waiting for the row lock")
+
+
+async def test_aclose_waits_for_calls_in_flight(postgres_url: str) -> None:
+    store = await SqlStore.connect(postgres_url)
+    outsider = create_async_engine(postgres_url, poolclass=sa.NullPool)
+    try:
+        tenant = await store.create_tenant("acme")
+        session = await store.create_session(tenant.id)
+        async with outsider.connect() as conn:
+            await conn.begin()
+            await lock_session_row(conn, tenant.id, session.id)
+            append = asyncio.create_task(
+                store.append_messages(tenant.id, session.id, None, [Message.user("last")])
+            )
+            await until_waiting_for_a_lock(conn)
+            closing = asyncio.create_task(store.aclose())
+            await asyncio.sleep(0)
+            with pytest.raises(UsageError, match="closing"):
+                await store.get_session(tenant.id, session.id)
+            assert not closing.done()
+            await conn.rollback()
+        assert await append == [1]
+        await closing
+        assert store.statistics().idle
+    finally:
+        await outsider.dispose()
+        await store.aclose()
+
+
+# -- SQLite's single writer ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    store = await SqlStore.connect(
+        sqlite_url(tmp_path / "corral.db"), upgrade=True, sqlite_busy_timeout_s=0.05
+    )
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_reruns_a_write_while_another_process_holds_the_lock(
+    sqlite_store: SqlStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rerun = asyncio.Event()
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "rerun" in record.getMessage():
+                rerun.set()  # logged on the loop's thread, by the store's retry loop
+
+    logger = logging.getLogger("corral.state._sql")
+    spy = Spy(logging.DEBUG)
+    logger.addHandler(spy)
+    caplog.set_level(logging.DEBUG, logger="corral.state._sql")
+    tenant = await sqlite_store.create_tenant("acme")
+    other = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's writer
+        write = asyncio.create_task(
+            sqlite_store.memory_increment(tenant.id, "workspace:w", "n", writer="me")
+        )
+        await rerun.wait()
+        reader = await sqlite_store.memory_get(tenant.id, "workspace:w", "n")  # WAL: reads go on
+        assert reader is None
+        other.execute("COMMIT")
+        assert (await write).value == 1
+    finally:
+        other.close()
+        logger.removeHandler(spy)
+
+
+async def test_sqlite_gives_up_on_a_lock_that_is_never_released(
+    sqlite_store: SqlStore, tmp_path: Path
+) -> None:
+    tenant = await sqlite_store.create_tenant("acme")
+    other = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateError, match="stayed locked by other writers") as caught:
+            await sqlite_store.memory_increment(tenant.id, "workspace:w", "n", writer="me")
+        assert isinstance(caught.value.__cause__, sa_exc.OperationalError)
+    finally:
+        other.close()
+    assert sqlite_store.statistics().idle
+
+
+# -- errors map to corral errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql+aiomysql://u@127.0.0.1/db", "not 'mysql'"),
+        ("sqlite:///x.db", "sqlite+aiosqlite"),
+        ("sqlite+aiosqlite://", "in-memory"),
+        ("sqlite+aiosqlite:///:memory:", "in-memory"),
+        ("postgresql://u@127.0.0.1/db", "postgresql+asyncpg"),
+        ("not a url", "is not valid"),
+    ],
+)
+async def test_unsupported_urls_are_usage_errors(url: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        await SqlStore.connect(url)
+
+
+async def test_bad_pool_options_are_usage_errors(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "x.db")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"pool_size": 0}, "pool_size"),
+        ({"max_overflow": -1}, "max_overflow"),
+        ({"pool_timeout_s": 0}, "pool_timeout_s"),
+        ({"sqlite_busy_timeout_s": "5"}, "sqlite_busy_timeout_s"),
+    ]
+    for options, message in cases:
+        with pytest.raises(UsageError, match=message):
+            await SqlStore.connect(url, **options)
+
+
+async def test_an_unreachable_server_is_a_state_error() -> None:
+    url = "postgresql+asyncpg://postgres:secret-pw@127.0.0.1:1/test"
+    with pytest.raises(StateError, match="could not be reached") as caught:
+        await SqlStore.connect(url)
+    assert caught.value.__cause__ is not None
+    assert "secret-pw" not in str(caught.value)
+
+
+async def test_an_unmigrated_database_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match=r"revision none, not 0001: run `corral db upgrade"):
+        await SqlStore.connect(sqlite_url(tmp_path / "empty.db"))
+
+
+async def test_a_missing_table_is_a_state_error_chained_to_the_cause(tmp_path: Path) -> None:
+    store = await SqlStore.connect(sqlite_url(tmp_path / "corral.db"), upgrade=True)
+    try:
+        raw = sqlite3.connect(tmp_path / "corral.db")
+        raw.execute("DROP TABLE memory")
+        raw.commit()
+        raw.close()
+        with pytest.raises(StateError, match="expected schema") as caught:
+            await store.memory_get("t", "workspace:w", "k")
+        assert isinstance(caught.value.__cause__, sa_exc.OperationalError)
+        assert store.statistics().idle
+    finally:
+        await store.aclose()
+
+
+async def test_a_pool_with_no_free_connection_times_out_as_a_state_error(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "corral.db")
+    store = await SqlStore.connect(
+        url, upgrade=True, pool_size=1, max_overflow=0, pool_timeout_s=0.1
+    )
+    try:
+        tenant = await store.create_tenant("acme")
+        async with store._engine.connect():  # the pool's only connection, lent out
+            assert store.statistics().checked_out == 1
+            with pytest.raises(StateError, match="no database connection came free") as caught:
+                await store.get_tenant(tenant.id)
+            assert isinstance(caught.value.__cause__, sa_exc.TimeoutError)
+        assert (await store.get_tenant(tenant.id)).id == tenant.id
+    finally:
+        await store.aclose()
