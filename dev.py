@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Project tasks that need nothing but Python 3.11+ and pip.
 
-    python3 dev.py start      install into .venv if needed, then run `corral` (the main job)
+    python3 dev.py start      install into .venv if needed, then run `corral serve` (the main job)
     python3 dev.py test       install into .venv if needed, then ruff, mypy and the test suite
     python3 dev.py lock       re-pin requirements.lock from pyproject.toml (maintainers)
 
@@ -62,7 +62,8 @@ def ensure_venv() -> None:
 
 def cmd_start(args: list[str]) -> None:
     ensure_venv()
-    os.execv(str(BIN / "corral"), [str(BIN / "corral"), *args])
+    # The HTTP server; `corral demo` (or bare `corral`) is the one-batch timeline demo.
+    os.execv(str(BIN / "corral"), [str(BIN / "corral"), "serve", *args])
 
 
 def cmd_test(args: list[str]) -> None:

@@ -19,7 +19,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root(ctx: typer.Context) -> None:
-    """Run the demo batch when no command is given."""
+    """Run the demo batch when no command is given (`corral serve` runs the server)."""
     if ctx.invoked_subcommand is None:
         from corral.cli.demo import run_demo
 
@@ -162,6 +162,77 @@ def db_upgrade(
         typer.secho(f"corral db upgrade: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{where} is at revision {head_revision()}, the newest")
+
+
+_CONFIG_OPTION = typer.Option(
+    "--config",
+    help="A corral.toml: \\[server] settings, \\[provider], \\[agents.NAME] agents "
+    "(default: $CORRAL_CONFIG).",
+)
+_DATA_DIR_OPTION = typer.Option(help="Where data lives (default: $CORRAL_DATA_DIR or .corral).")
+_DATABASE_OPTION = typer.Option(
+    help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://... (default: DATA_DIR/corral.db)."
+)
+
+
+def _serve_command_class() -> type:
+    from corral.cli.serve import ServeCommand
+
+    return ServeCommand
+
+
+@app.command(cls=_serve_command_class())
+def serve(
+    config: Annotated[Path | None, _CONFIG_OPTION] = None,
+    host: Annotated[str | None, typer.Option(help="Address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    data_dir: Annotated[Path | None, _DATA_DIR_OPTION] = None,
+    database_url: Annotated[str | None, _DATABASE_OPTION] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run the HTTP API: agents' sessions, streamed requests, persistence, memory, tenants."""
+    from corral.cli.serve import run_serve
+
+    run_serve(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        log_level=log_level,
+    )
+
+
+keys_app = typer.Typer(help="API keys of the server's tenants.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant (created if new).")] = "dev",
+    name: Annotated[str, typer.Option(help="A name for the key, to recognise it.")] = "",
+    config: Annotated[Path | None, _CONFIG_OPTION] = None,
+    data_dir: Annotated[Path | None, _DATA_DIR_OPTION] = None,
+    database_url: Annotated[str | None, _DATABASE_OPTION] = None,
+) -> None:
+    """Make an API key for a tenant and print it (only its hash is stored)."""
+    from corral.cli.serve import create_key
+
+    create_key(config, tenant, name, data_dir=data_dir, database_url=database_url)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id: the part after 'crl_'.")],
+    tenant: Annotated[str, typer.Option(help="The key's tenant.")] = "dev",
+    config: Annotated[Path | None, _CONFIG_OPTION] = None,
+    data_dir: Annotated[Path | None, _DATA_DIR_OPTION] = None,
+    database_url: Annotated[str | None, _DATABASE_OPTION] = None,
+) -> None:
+    """Revoke an API key: requests with it get 401 from then on."""
+    from corral.cli.serve import revoke_key
+
+    revoke_key(config, tenant, key_id, data_dir=data_dir, database_url=database_url)
 
 
 def main() -> None:

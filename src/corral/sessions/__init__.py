@@ -2,10 +2,11 @@
 
 from corral.sessions._handle import RequestHandle
 from corral.sessions._session import HistoryEntry, Session, SessionPolicy
-from corral.sessions._sessions import Sessions, SessionsStatistics
+from corral.sessions._sessions import RequestEndHook, Sessions, SessionsStatistics
 
 __all__ = [
     "HistoryEntry",
+    "RequestEndHook",
     "RequestHandle",
     "Session",
     "SessionPolicy",

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from corral.agent import Agent, Event, RequestStatus, RunResult, Turn
+from corral.agent import Agent, Event, EventLog, RequestStatus, RunResult, TerminalEvent, Turn
 from corral.errors import RequestCancelled
 
 if TYPE_CHECKING:
@@ -18,18 +18,64 @@ __all__ = ["RequestHandle"]
 logger = logging.getLogger(__name__)
 
 
+class _HeldLog(EventLog):
+    """A request's event log that can hold its terminal event back until the turn is persisted.
+
+    `hold()` is called as the turn commits (only when the sessions have an `on_request_end`
+    hook); the terminal event the turn appends next is kept aside until `release()`, so a reader
+    who sees it, or whose `result()` returns, finds the turn already persisted.
+    """
+
+    __slots__ = ("_held", "_holding", "_released")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._holding = False
+        self._held: Event | None = None
+        self._released = asyncio.Event()
+
+    def hold(self) -> None:
+        """Keep the next terminal event back until `release()`."""
+        self._holding = True
+
+    def append(self, event: Event) -> None:
+        """Add `event`; a terminal event waits for `release()` while the log is held."""
+        if self._holding and isinstance(event, TerminalEvent) and self._held is None:
+            self._held = event
+            return
+        super().append(event)
+
+    def release(self) -> None:
+        """Publish the held terminal event, if any. Idempotent."""
+        self._holding = False
+        held, self._held = self._held, None
+        if held is not None:
+            super().append(held)
+        self._released.set()
+
+    async def wait_released(self) -> None:
+        """Wait until the log is released (the request's hook, if any, has run)."""
+        await self._released.wait()
+
+
 class _Request:
     """A request's turn, the requests it waits for, and the task that runs it."""
 
-    __slots__ = ("agent", "session", "task", "turn", "waits_for")
+    __slots__ = ("agent", "log", "session", "task", "turn", "waits_for")
 
     def __init__(
-        self, session: Session, agent: Agent, turn: Turn, waits_for: tuple[_Request, ...]
+        self,
+        session: Session,
+        agent: Agent,
+        turn: Turn,
+        waits_for: tuple[_Request, ...],
+        log: _HeldLog,
     ) -> None:
         self.session = session
         self.agent = agent
         self.turn = turn
         self.waits_for = waits_for
+        self.log = log
         self.task: asyncio.Task[None] | None = None
 
     def cancel(self, reason: str) -> bool:
@@ -43,6 +89,14 @@ class _Request:
         return True
 
     async def main(self) -> None:
+        try:
+            await self._run()
+            # Reached unless a cancellation not ours (or a BaseException) goes on.
+            await self.session._owner._request_ended(self)
+        finally:
+            self.log.release()  # whatever happened: readers must never be left hanging
+
+    async def _run(self) -> None:
         turn = self.turn
         try:
             waiting = [r for r in self.waits_for if not r.turn.done]
@@ -74,6 +128,8 @@ class _Request:
             # Cancelled before its first step: the coroutine never ran, so finish it here.
             self.turn.finish_cancelled()
             self.session._forget(self)
+            self.log.release()
+            self.session._owner._spawn_ended(self)
         if not task.cancelled() and task.exception() is not None:
             logger.error("request %s ended abnormally", self.turn.id, exc_info=task.exception())
 
@@ -146,6 +202,7 @@ class RequestHandle:
         """
         turn = self._request.turn
         await turn.finished.wait()
+        await self._request.log.wait_released()  # and the `on_request_end` hook has run
         if turn.result is not None:
             return turn.result
         if turn.status == "cancelled":

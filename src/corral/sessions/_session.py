@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from corral.agent import Agent, Turn, new_request_id
 from corral.errors import ClosedError, SessionBusy, UsageError
 from corral.messages import Message
-from corral.sessions._handle import RequestHandle, _Request
+from corral.sessions._handle import RequestHandle, _HeldLog, _Request
 
 if TYPE_CHECKING:
     from corral.sessions._sessions import Sessions
@@ -84,6 +85,10 @@ class Session:
         ]
         self._active: list[_Request] = []  # in the order they were sent
         self._deleted = False
+        # Runs the `on_request_end` hooks one at a time, in the order the turns committed:
+        # asyncio.Lock wakes waiters first come, first served, and a request reaches it with no
+        # await after its commit, so a store appending turns gets them in history order.
+        self._hook_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -141,11 +146,12 @@ class Session:
             context={**self.context, "session_id": self.id, "request_id": request_id},
             on_commit=self._commit,
         )
+        log = turn.log = _HeldLog()  # fresh and empty: nothing was appended to the turn's own
         if chosen == "interrupt":
             for other in active:
                 other.cancel(f"interrupted by request {request_id}")
         waits_for = active if chosen in ("enqueue", "interrupt") else ()
-        request = _Request(self, self.agent, turn, waits_for)
+        request = _Request(self, self.agent, turn, waits_for, log)
         self._active.append(request)
         self._owner._spawn(request)
         return RequestHandle(request)
@@ -161,6 +167,9 @@ class Session:
         self._entries.extend(
             HistoryEntry(seq, turn.id, m) for seq, m in enumerate(turn.messages, start)
         )
+        if self._owner._on_request_end is not None and isinstance(turn.log, _HeldLog):
+            # The terminal event, appended right after this, waits for the hook.
+            turn.log.hold()
 
     def _forget(self, request: _Request) -> None:
         if request in self._active:

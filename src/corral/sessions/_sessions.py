@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from corral._types import AsyncResource
-from corral.agent import Agent
+from corral.agent import Agent, Turn
 from corral.errors import NotFound, UsageError
 from corral.executors.base import State, ensure_open
 from corral.messages import Message
 from corral.sessions._handle import _Request
 from corral.sessions._session import Session, SessionPolicy, check_policy
 
-__all__ = ["Sessions", "SessionsStatistics"]
+__all__ = ["RequestEndHook", "Sessions", "SessionsStatistics"]
+
+logger = logging.getLogger(__name__)
+
+RequestEndHook: TypeAlias = Callable[[Session, Turn], Awaitable[None]]
+"""`on_request_end(session, turn)`: see `Sessions`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +50,31 @@ class Sessions(AsyncResource):
     Args:
         agent: The model, tools and settings every session starts from.
         policy: The default same-session policy of new sessions (see `Session`).
+        on_request_end: Awaited once for every request as it ends: the place to persist turns
+            (the server appends `turn.messages` to its store here). If the turn started, the
+            hook runs after the turn is in the session's history and before the request's
+            terminal event reaches any reader or `result()` returns; hooks of one session run
+            one at a time, in the order their turns were appended to the history. `turn.status`
+            says how it ended ("done", "failed", "cancelled"); a turn that never started (it was
+            cancelled while queued) has nothing to persist, and its hook may run after its
+            terminal event. A hook that raises is logged; the request ends as it would have.
+            Hooks run in the requests' tasks: `aclose()` and `delete()` wait for them.
     """
 
-    def __init__(self, agent: Agent, *, policy: SessionPolicy = "concurrent") -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        policy: SessionPolicy = "concurrent",
+        on_request_end: RequestEndHook | None = None,
+    ) -> None:
         if not isinstance(agent, Agent):
             raise UsageError(f"agent must be a corral.Agent, got {agent!r}")
+        if on_request_end is not None and not callable(on_request_end):
+            raise UsageError(f"on_request_end must be an async function, got {on_request_end!r}")
         self._agent = agent
         self._policy = check_policy(policy)
+        self._on_request_end = on_request_end
         self._sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = State.RUNNING
@@ -199,6 +223,27 @@ class Sessions(AsyncResource):
             asyncio.get_running_loop()
         except RuntimeError:
             raise UsageError("send() must be called from a running event loop") from None
+
+    async def _request_ended(self, request: _Request) -> None:
+        hook = self._on_request_end
+        if hook is None:
+            return
+        async with request.session._hook_lock:
+            try:
+                await hook(request.session, request.turn)
+            except Exception:  # the hook's failure is the hook's: the request has ended
+                logger.exception("on_request_end failed for request %s", request.turn.id)
+
+    def _spawn_ended(self, request: _Request) -> None:
+        # A request cancelled before its task ran has no task of its own to run the hook in:
+        # this one is owned like the request tasks, and awaited by `aclose()`.
+        if self._on_request_end is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._request_ended(request), name=f"corral-request-end-{request.turn.id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, request: _Request) -> None:
         name = f"corral-request-{request.turn.id}"

@@ -1,0 +1,147 @@
+"""Server-sent events: a request's event log as ``text/event-stream``, resumable by event id.
+
+Each event is one frame::
+
+    id: 7                      the event's seq: a reconnecting client sends it as Last-Event-ID
+    event: tool_call_finished  the event's kind
+    data: {"type": ..., "seq": 7, "request_id": ..., ...}
+
+The stream reads the request's append-only log with its own cursor, so a slow client loses
+nothing and slows nobody; it starts after `Last-Event-ID` (or `?after=`), and ends after the
+terminal event (`done`, `error` or `cancelled`). While nothing happens a comment (``: ping``)
+goes out every `ping_s`, so proxies keep the connection and a gone client is noticed.
+
+Disconnects: the response listens for ``http.disconnect`` beside the stream, whatever the ASGI
+server's version, so a client that leaves is seen at once. Leaving does not cancel the request (it
+can resume) unless the client asked for that (`cancel_on_disconnect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from corral.agent import Event, TerminalEvent
+
+__all__ = ["EventStream", "frame", "last_event_id"]
+
+logger = logging.getLogger(__name__)
+
+_RETRY_MS = 1000
+"""Sent first: how long an EventSource waits before reconnecting."""
+
+
+def frame(event: Event) -> bytes:
+    """Return the SSE frame of one event (JSON data on one line)."""
+    data = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+
+
+def last_event_id(header: str | None, after: int | None) -> int:
+    """Return the seq to resume after: `?after=`, else the Last-Event-ID header, else 0."""
+    if after is not None:
+        return max(0, after)
+    if header is None or not header.strip():
+        return 0
+    try:
+        return max(0, int(header.strip()))
+    except ValueError:
+        return 0  # not one of ours: start from the beginning
+
+
+class EventStream(Response):
+    """A streaming response of a request's events, from `events` (already resumed).
+
+    Args:
+        events: The events to send; the stream ends after a terminal one.
+        ping_s: Seconds of silence before a keep-alive comment.
+        on_disconnect: Called if the client left before the terminal event was sent.
+        headers: Extra response headers (X-Request-Id, Location).
+        counter: Entered for the life of the stream (counts open streams).
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[Event],
+        *,
+        ping_s: float,
+        on_disconnect: Callable[[], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        counter: contextlib.AbstractContextManager[None] | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        self._events = events
+        self._ping_s = ping_s
+        self._on_disconnect = on_disconnect
+        self._counter = counter or contextlib.nullcontext()
+        self._finished = False
+        self.status_code = 200
+        self.background = background
+        self.init_headers(
+            {
+                "cache-control": "no-cache",
+                "x-accel-buffering": "no",  # nginx: do not buffer the stream
+                **(headers or {}),
+            }
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream until the terminal event, or until the client disconnects."""
+        with self._counter:
+            streamer = asyncio.create_task(self._stream(send), name="corral-sse-stream")
+            listener = asyncio.create_task(_disconnected(receive), name="corral-sse-listen")
+            try:
+                await asyncio.wait({streamer, listener}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Both are ours and end here, whichever way this goes (a cancelled response too).
+                for task in (streamer, listener):
+                    task.cancel()
+                await asyncio.gather(streamer, listener, return_exceptions=True)
+            if streamer.done() and not streamer.cancelled():
+                error = streamer.exception()
+                if error is not None and not isinstance(error, OSError):
+                    raise error
+        if not self._finished and self._on_disconnect is not None:
+            self._on_disconnect()
+        if self.background is not None:
+            await self.background()
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await _body(send, f"retry: {_RETRY_MS}\n\n".encode())
+        events = self._events
+        while True:
+            try:
+                async with asyncio.timeout(self._ping_s):
+                    event = await anext(events)
+            except TimeoutError:
+                await _body(send, b": ping\n\n")
+                continue
+            except StopAsyncIteration:
+                break
+            await _body(send, frame(event))
+            if isinstance(event, TerminalEvent):
+                self._finished = True
+                break
+        self._finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
