@@ -313,3 +313,25 @@ def test_an_empty_partial_answer_is_not_sent() -> None:
         (Message.user("hi"), Message.assistant("", partial=True), Message.user("again"))
     )
     assert [m["role"] for m in sent] == ["user", "user"]
+
+
+def test_malformed_chunks_are_named() -> None:
+    from corral.providers.openai import _ChunkReader
+
+    for chunk, what in (
+        ([1, 2], "not a JSON object"),
+        ({"choices": "x"}, "choices is not a list of objects"),
+        ({"choices": [{"delta": "x"}]}, "delta is not an object"),
+        ({"choices": [{"delta": {"tool_calls": [3]}}]}, "tool_calls is not a list of objects"),
+    ):
+        with pytest.raises(ProviderUnavailable, match=what):
+            _ChunkReader().feed(chunk)
+    reader = _ChunkReader()
+    events = reader.feed(
+        {
+            "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    )
+    assert [type(e).__name__ for e in events] == ["TextDelta"]
+    assert (reader.finish, reader.usage) == ("stop", Usage(3, 1))

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from corral.cli import app
+from corral.errors import UsageError
 from corral.providers.settings import ProviderSettings
 from corral.server import ServerSettings
 from tests.servers import free_port
@@ -84,6 +86,7 @@ def test_corral_serve_prints_where_it_is_and_stops_on_sigterm(tmp_path: Path) ->
         assert f"corral is serving on http://127.0.0.1:{port}" in output, output
         assert f"{tmp_path / 'data' / 'corral.db'} (SQLite, WAL)" in output
         assert "provider scripted" in output
+        assert "loop:      uvloop" in output  # installed with corral on this platform
         key = re.search(r"(crl_[0-9a-f]{16}_\S+)", output)
         assert key is not None, output
         response = httpx.post(
@@ -101,3 +104,15 @@ def test_corral_serve_prints_where_it_is_and_stops_on_sigterm(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_loop_setting() -> None:
+    import uvloop
+
+    from corral.cli.serve import loop_factory
+
+    assert loop_factory("asyncio") is None
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    with pytest.raises(UsageError, match="not a loop"):
+        loop_factory("tokio")

@@ -106,10 +106,10 @@ async def test_the_store_failing_does_not_hang_readers(make_settings: MakeSettin
     async with started(make_settings(), check_idle=False) as running:
         store = running.runtime.store
 
-        async def broken(*args: object, **kwargs: object) -> list[int]:
+        async def broken(*args: object, **kwargs: object) -> object:
             raise OSError("disk on fire")
 
-        store.append_messages = broken  # type: ignore[method-assign]
+        store.finish_request = broken  # type: ignore[method-assign,assignment]
         async with running.client() as client:
             sid = (await client.post("/sessions", json={})).json()["id"]
             response = await client.post(

@@ -340,3 +340,80 @@ async def test_a_pool_with_no_free_connection_times_out_as_a_state_error(tmp_pat
         assert (await store.get_tenant(tenant.id)).id == tenant.id
     finally:
         await store.aclose()
+
+
+async def test_verified_keys_are_trusted_for_the_cache_time(sql_url: str) -> None:
+    """A cached key needs no read; revoking here forgets it at once, elsewhere after the TTL."""
+    here = await SqlStore.connect(sql_url, upgrade=True, api_key_cache_s=0.3)
+    elsewhere = await SqlStore.connect(sql_url)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(here._engine.sync_engine, "before_cursor_execute", count)
+    try:
+        tenant = await here.create_tenant("acme")
+        key, record = await here.create_api_key(tenant.id)
+        other, other_record = await here.create_api_key(tenant.id)
+        assert await here.tenant_for_key(key) == tenant
+        reads = len(statements)
+        for _ in range(5):
+            assert await here.tenant_for_key(key) == tenant
+        assert len(statements) == reads  # served from the cache
+        # Unknown and wrong keys are never cached: each is read (and refused) again.
+        tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+        for _ in range(2):
+            assert await here.tenant_for_key(tampered) is None
+        assert len(statements) > reads
+
+        # Revoked through this store: refused at once.
+        await here.revoke_api_key(tenant.id, record.id)
+        assert await here.tenant_for_key(key) is None
+        # Revoked by another process: trusted until the TTL runs out, then refused.
+        assert await here.tenant_for_key(other) == tenant
+        await elsewhere.revoke_api_key(tenant.id, other_record.id)
+        assert await here.tenant_for_key(other) == tenant
+        await asyncio.sleep(0.35)
+        assert await here.tenant_for_key(other) is None
+    finally:
+        await here.aclose()
+        await elsewhere.aclose()
+
+
+async def test_a_lookup_racing_a_revocation_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.state import _sql_records
+
+    read, release = asyncio.Event(), asyncio.Event()
+    original = _sql_records.tenant_for_key
+
+    async def slow_lookup(*args: Any) -> Any:
+        found = await original(*args)
+        read.set()
+        await release.wait()
+        return found
+
+    store = await SqlStore.connect(sqlite_url(tmp_path / "c.db"), upgrade=True, api_key_cache_s=60)
+    try:
+        tenant = await store.create_tenant("acme")
+        key, record = await store.create_api_key(tenant.id)
+        monkeypatch.setattr(_sql_records, "tenant_for_key", slow_lookup)
+        # The lookup reads the key as valid; the revocation lands before the lookup returns.
+        lookup = asyncio.ensure_future(store.tenant_for_key(key))
+        await read.wait()
+        await store.revoke_api_key(tenant.id, record.id)
+        release.set()
+        assert await lookup == tenant  # it read the key before the revocation...
+        monkeypatch.setattr(_sql_records, "tenant_for_key", original)
+        assert await store.tenant_for_key(key) is None  # ...but did not cache it
+    finally:
+        await store.aclose()
+
+
+async def test_bad_key_cache_time(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "c.db")
+    for bad in (-1, "5", True):
+        with pytest.raises(UsageError, match="api_key_cache_s"):
+            await SqlStore.connect(url, upgrade=True, api_key_cache_s=bad)  # type: ignore[arg-type]

@@ -271,6 +271,43 @@ async def test_requests_move_from_queued_to_finished_once(store: Store, tenant: 
         await store.record_request(t, session.id, request_id=queued.id)
 
 
+async def test_finishing_a_request_appends_its_turn_in_the_same_transaction(
+    store: Store, tenant: Tenant
+) -> None:
+    t = tenant.id
+    session = await store.create_session(t)
+    await store.append_messages(t, session.id, None, [Message.user("before")])
+    first, _ = await store.record_request(t, session.id)
+    second, _ = await store.record_request(t, session.id)
+    turn = [Message.user("hi"), Message.assistant("hello")]
+    # The two finish at once: each turn lands whole, numbered after the other, no gaps.
+    await asyncio.gather(
+        store.finish_request(t, first.id, status="done", messages=turn),
+        store.finish_request(t, second.id, status="done", messages=turn),
+    )
+    stored = await store.list_messages(t, session.id)
+    assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
+    by_request = [m.request_id for m in stored[1:]]
+    assert by_request in ([first.id] * 2 + [second.id] * 2, [second.id] * 2 + [first.id] * 2)
+    assert [m.message.content for m in stored[1:]] == ["hi", "hello", "hi", "hello"]
+
+    # A request that cannot finish (already finished) appends nothing: neither lands.
+    with pytest.raises(StateError, match="is done"):
+        await store.finish_request(t, first.id, status="done", messages=turn)
+    assert (await store.get_session(t, session.id)).last_seq == 5
+    # A message that cannot be stored fails the whole call before anything is written.
+    third, _ = await store.record_request(t, session.id)
+    with pytest.raises(UsageError, match=r"messages\[1\] is a str"):
+        await store.finish_request(
+            t,
+            third.id,
+            status="done",
+            messages=[Message.user("ok"), "not a message"],  # type: ignore[list-item]
+        )
+    assert (await store.get_request(t, third.id)).status == "running"
+    assert (await store.get_session(t, session.id)).last_seq == 5
+
+
 async def test_an_idempotency_key_records_one_request(store: Store, tenant: Tenant) -> None:
     t = tenant.id
     session = await store.create_session(t)

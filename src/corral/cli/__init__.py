@@ -123,6 +123,45 @@ def mcp_serve(
         raise typer.Exit(1) from None
 
 
+@bench_app.command("server")
+def bench_server(
+    clients: Annotated[
+        str, typer.Option(help="Concurrent clients, comma-separated: one measured level each.")
+    ] = "1,10,50,200",
+    seconds: Annotated[float, typer.Option(min=0.5, help="Measured seconds per level.")] = 10.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Unmeasured seconds first.")] = 2.0,
+    streams: Annotated[
+        int, typer.Option(min=0, help="SSE streams to hold open at once (0: skip).")
+    ] = 1000,
+    database_url: Annotated[
+        str | None, typer.Option(help="The server's database (default: SQLite in a temp dir).")
+    ] = None,
+) -> None:
+    """Load `corral serve` with C clients doing agent runs; report runs/s, latency, CPU."""
+    from corral.cli.bench_server import ServerBenchError, ServerBenchOptions, run_server_bench
+
+    try:
+        levels = tuple(int(c) for c in clients.split(",") if c.strip())
+    except ValueError:
+        typer.secho(f"--clients: not a list of integers: {clients!r}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    if not levels or min(levels) < 1:
+        typer.secho(f"--clients: each count must be 1 or more: {clients!r}", fg="red", err=True)
+        raise typer.Exit(2)
+    options = ServerBenchOptions(
+        concurrency=levels,
+        seconds=seconds,
+        warmup_s=warmup,
+        streams=streams,
+        database_url=database_url,
+    )
+    try:
+        run_server_bench(options)
+    except ServerBenchError as exc:
+        typer.secho(f"corral bench server: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 @bench_app.command("manager")
 def bench_manager(
     requests: Annotated[int, typer.Option(min=10, help="Concurrent requests.")] = 1000,

@@ -17,11 +17,31 @@ from corral.errors import (
     StreamBroken,
 )
 
-__all__ = ["after_output", "retry_after_from", "status_error", "type_error"]
+__all__ = ["after_output", "failed_connection", "retry_after_from", "status_error", "type_error"]
 
 # 408 and 409 are what the SDKs themselves retry besides 429 and 5xx: a request timeout and a
 # lock conflict say nothing against the request.
 _RETRYABLE_4XX = frozenset({408, 409})
+
+
+def failed_connection(exc: BaseException) -> BaseException | None:
+    """Return the refused or reset connection behind an SDK error, if there is one.
+
+    The SDKs' aiohttp transport reports a refused connection as a connect *timeout*
+    (openai/_vendor/httpx_aiohttp maps every aiohttp ClientConnectionError so); the OSError
+    underneath tells the two apart, and "connection failed" is the truer message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError):
+            return current
+        os_error = getattr(current, "os_error", None)  # aiohttp.ClientConnectorError
+        if isinstance(os_error, ConnectionError):
+            return os_error
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def retry_after_from(headers: Mapping[str, str] | None) -> float | None:

@@ -21,7 +21,13 @@ from corral.errors import ProviderError, ProviderRejected, ProviderUnavailable, 
 from corral.executors.base import State, ensure_open
 from corral.messages import Message
 from corral.providers._capabilities import CapabilityTable
-from corral.providers._errors import after_output, retry_after_from, status_error, type_error
+from corral.providers._errors import (
+    after_output,
+    failed_connection,
+    retry_after_from,
+    status_error,
+    type_error,
+)
 from corral.providers.base import (
     Finish,
     ModelCapabilities,
@@ -82,8 +88,14 @@ class AnthropicProvider(AsyncResource):
         self._max_tokens = max_tokens
         self._owns_client = client is None
         if client is None:
+            # The SDK's aiohttp transport (its `aiohttp` extra): less CPU per streamed call than
+            # its default httpx transport; see corral/providers/openai.py.
             self._client = anthropic.AsyncAnthropic(
-                api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
+                api_key=api_key,
+                base_url=base_url,
+                timeout=timeout_s,
+                max_retries=0,
+                http_client=anthropic.DefaultAioHttpClient(timeout=timeout_s),
             )
         else:
             self._client = client.with_options(max_retries=0)
@@ -342,6 +354,8 @@ def _map_error(where: str, exc: Exception) -> ProviderError:
             return type_error(where, exc.type, exc.api_message or str(exc))
         detail = exc.api_message or str(exc)
         return status_error(where, exc.status_code, detail, retry_after_from(exc.response.headers))
+    if isinstance(exc, anthropic.APIConnectionError) and (lost := failed_connection(exc)):
+        return ProviderUnavailable(f"{where}: connection failed: {type(lost).__name__}: {lost}")
     if isinstance(exc, anthropic.APITimeoutError):
         return ProviderUnavailable(f"{where} timed out")
     if isinstance(exc, anthropic.APIConnectionError):

@@ -201,6 +201,7 @@ class Runtime:
             settings.database,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            api_key_cache_s=settings.api_key_cache_s,
         )
         self._stack.push_async_callback(self.store.aclose)
         routes = build_providers(
@@ -543,17 +544,17 @@ class Runtime:
             await live.recorded.wait()
             if not live.stored:
                 return
-            if turn.messages:  # it started: its whole turn joins the stored history at once
-                await self.store.append_messages(
-                    live.tenant_id, live.session_id, turn.id, turn.messages
-                )
             status: RequestStatus = "done"
             error = None
             if turn.status == "failed":
                 status, error = "failed", f"{type(turn.error).__name__}: {turn.error}"
             elif turn.status == "cancelled":
                 status, error = "cancelled", turn.cancel_reason
-            await self.store.finish_request(live.tenant_id, turn.id, status=status, error=error)
+            # One transaction: the turn's messages (if it started, its whole turn joins the
+            # stored history at once) and the request's final status.
+            await self.store.finish_request(
+                live.tenant_id, turn.id, status=status, error=error, messages=turn.messages
+            )
         except NotFound:
             logger.debug("request %s ended after its session was deleted", turn.id)
         except Exception:

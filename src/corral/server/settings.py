@@ -54,6 +54,13 @@ class ServerSettings(BaseSettings):
     )
     db_pool_size: int = Field(default=5, ge=1, description="Database connections kept open.")
     db_max_overflow: int = Field(default=10, ge=0, description="Extra connections under load.")
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Trust a verified API key this long without reading the database again. A "
+        "key revoked by another process (`corral keys revoke`) works up to this long more; 0: "
+        "read on every request.",
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body; larger ones get 413."
     )
@@ -108,6 +115,10 @@ class ServerSettings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="uvicorn's and corral's log level."
+    )
+    loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="The event loop: uvloop where it is installed (auto), or asyncio's own.",
     )
 
     @property

@@ -97,6 +97,7 @@ class SqlStore(AsyncResource):
         self._url = url
         self._insert: Any = postgresql.insert if backend == "postgresql" else sqlite.insert
         self._life = Lifecycle(f"the store at {redact(url)}")
+        self._keys = _keys.KeyCache(0.0)
 
     @classmethod
     async def connect(
@@ -109,6 +110,7 @@ class SqlStore(AsyncResource):
         pool_timeout_s: float = 30.0,
         pool_recycle_s: float = 1800.0,
         sqlite_busy_timeout_s: float = 5.0,
+        api_key_cache_s: float = 0.0,
     ) -> SqlStore:
         """Open a store on `url` and check its schema is current.
 
@@ -120,6 +122,10 @@ class SqlStore(AsyncResource):
             pool_timeout_s: How long a call waits for a connection before `StateError`.
             pool_recycle_s: Connections older than this are replaced.
             sqlite_busy_timeout_s: How long SQLite waits for another writer's lock.
+            api_key_cache_s: Trust a verified API key this long without reading it again (a
+                server checks a key on every request). Revoking through this store takes
+                effect at once; a key revoked by another process works up to this long more.
+                0: read every time.
 
         Raises:
             UsageError: an unsupported URL or a bad pool option.
@@ -134,9 +140,13 @@ class SqlStore(AsyncResource):
             pool_recycle_s=pool_recycle_s,
             sqlite_busy_timeout_s=sqlite_busy_timeout_s,
         )
+        cache_s = api_key_cache_s
+        if isinstance(cache_s, bool) or not isinstance(cache_s, int | float) or cache_s < 0:
+            raise UsageError(f"api_key_cache_s must be seconds >= 0, got {cache_s!r}")
         if upgrade:
             await _upgrade(parsed)
         store = cls(make_engine(parsed, backend, options), backend, parsed)
+        store._keys = _keys.KeyCache(float(cache_s))
         try:
             await store._check_schema()
         except BaseException:
@@ -242,11 +252,18 @@ class SqlStore(AsyncResource):
         key_id = _keys.parse_key(key)
         if key_id is None:
             return None
-        return await self._tx(
+        cached = self._keys.get(key)
+        if isinstance(cached, Tenant):
+            return cached
+        generation = self._keys.generation
+        tenant = await self._tx(
             "looking up an API key",
             lambda conn: _records.tenant_for_key(conn, key, key_id),
             write=False,
         )
+        if tenant is not None:
+            self._keys.put(key, key_id, tenant, generation=generation)
+        return tenant
 
     async def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
         """Revoke a key by its id; idempotent. Raises `NotFound`."""
@@ -255,6 +272,7 @@ class SqlStore(AsyncResource):
             lambda conn: _records.revoke_api_key(conn, tenant_id, key_id),
             write=True,
         )
+        self._keys.forget(key_id)
 
     # -- sessions and messages ------------------------------------------------------------------
 
@@ -384,25 +402,30 @@ class SqlStore(AsyncResource):
         *,
         status: RequestStatus,
         error: str | None = None,
+        messages: Sequence[Message] = (),
     ) -> RequestRecord:
-        """Give a request its final status and finish time."""
+        """Give a request its final status and finish time, and append its turn's messages."""
         values = {
             "status": _rules.check_final_status(status, error),
             "error": error,
             "finished_at": _now(),
         }
-        return await self._tx(
-            "finishing a request",
-            lambda conn: _records.transition(
+        bodies = [_rules.encode_message(m, i) for i, m in enumerate(messages)]
+
+        async def finish(conn: AsyncConnection) -> RequestRecord:
+            record = await _records.transition(
                 conn,
                 tenant_id,
                 request_id,
                 allowed=("queued", "running"),
                 values=values,
                 what="finished",
-            ),
-            write=True,
-        )
+            )
+            if bodies:
+                await _records.append(conn, tenant_id, record.session_id, request_id, bodies)
+            return record
+
+        return await self._tx("finishing a request", finish, write=True)
 
     async def get_request(self, tenant_id: str, request_id: str) -> RequestRecord:
         """Return the request, or raise `NotFound`."""

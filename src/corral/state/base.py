@@ -292,8 +292,12 @@ class Store(Protocol):
         *,
         status: RequestStatus,
         error: str | None = None,
+        messages: Sequence[Message] = (),
     ) -> RequestRecord:
         """Give a request its final status ("done", "failed", "cancelled") and finish time.
+
+        `messages` (the request's turn) are appended to its session in the same transaction,
+        as `append_messages` would: the turn and the final status land together, or neither.
 
         Raises:
             NotFound: no such request.

@@ -213,15 +213,20 @@ class MemoryStore(AsyncResource):
             _rules.check_id(request_id, "request id")
         encoded = [_rules.encode_message(m, i) for i, m in enumerate(messages)]
         async with self._call():
-            session = self._session(tenant_id, session_id)
-            first = session.record.last_seq + 1
-            now = _now()
-            session.messages.extend(
-                (first + i, request_id, text, now) for i, text in enumerate(encoded)
-            )
-            last = first + len(encoded) - 1
-            session.record = replace(session.record, last_seq=last)
-            return list(range(first, last + 1))
+            return self._append(tenant_id, session_id, request_id, encoded)
+
+    def _append(
+        self, tenant_id: str, session_id: str, request_id: str | None, encoded: list[str]
+    ) -> list[int]:
+        session = self._session(tenant_id, session_id)
+        first = session.record.last_seq + 1
+        now = _now()
+        session.messages.extend(
+            (first + i, request_id, text, now) for i, text in enumerate(encoded)
+        )
+        last = first + len(encoded) - 1
+        session.record = replace(session.record, last_seq=last)
+        return list(range(first, last + 1))
 
     async def list_messages(
         self, tenant_id: str, session_id: str, *, after_seq: int = 0, limit: int | None = None
@@ -292,15 +297,19 @@ class MemoryStore(AsyncResource):
         *,
         status: RequestStatus,
         error: str | None = None,
+        messages: Sequence[Message] = (),
     ) -> RequestRecord:
-        """Give a request its final status and finish time."""
+        """Give a request its final status and finish time, and append its turn's messages."""
         status = _rules.check_final_status(status, error)
+        encoded = [_rules.encode_message(m, i) for i, m in enumerate(messages)]
         async with self._call():
             record = self._request(tenant_id, request_id)
             if record.status in _rules.FINAL_STATUSES:
                 raise _rules.bad_transition(
                     request_id, record.status, ("queued", "running"), "finished"
                 )
+            if encoded:
+                self._append(tenant_id, record.session_id, request_id, encoded)
             record = replace(record, status=status, error=error, finished_at=_now())
             self._requests[tenant_id, request_id] = record
             return record

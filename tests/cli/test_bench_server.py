@@ -1,0 +1,60 @@
+"""`corral bench server`, small: real processes, real sockets, every figure reported."""
+
+from __future__ import annotations
+
+import io
+
+from aiohttp.test_utils import TestClient, TestServer
+from rich.console import Console
+
+from corral.cli.bench_server._model import make_app
+from corral.cli.bench_server._run import ServerBenchOptions, measure, report
+
+
+async def test_the_bench_runs_small_and_reports_every_figure() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=160)
+    options = ServerBenchOptions(concurrency=(1, 3), seconds=1.0, warmup_s=0.3, streams=20)
+    figures = await measure(options, console)
+    report(figures, console)
+    assert [level.clients for level in figures.levels] == [1, 3]
+    for level in figures.levels:
+        assert level.errors == 0, level.error_samples
+        assert level.runs > 0
+        # One run waits for two model calls and a tool call: it cannot beat that.
+        assert level.run_ms[0] >= figures.unavoidable_ms
+        assert 0 < level.ttfe_ms[0] <= level.run_ms[0]
+        assert level.server_cpu_ms_per_run > 0
+    streams = figures.streams
+    assert streams is not None
+    assert (streams.open_at_once, streams.held_at_model) == (20, 20)
+    assert (streams.finished_ok, streams.errors) == (20, 0)
+    text = out.getvalue()
+    for figure in ("runs/s", "server CPU ms/run", "SSE streams open at once", "p99 first event"):
+        assert figure in text
+
+
+async def test_the_fake_model_calls_both_tools_then_quotes_their_results() -> None:
+    async with TestClient(TestServer(make_app(first_chunk_s=0, chunk_s=0))) as client:
+        ask = {"role": "user", "content": "r1: add 2 3, multiply -4 5"}
+        first = await client.post("/v1/chat/completions", json={"messages": [ask]})
+        text = await first.text()
+        assert '"name":"add","arguments":"{\\"a\\": 2, \\"b\\": 3}"' in text
+        assert '"name":"multiply","arguments":"{\\"a\\": -4, \\"b\\": 5}"' in text
+        assert '"finish_reason":"tool_calls"' in text
+        assert text.endswith("data: [DONE]\n\n")
+        results = [
+            {"role": "tool", "tool_call_id": "a", "content": "5"},
+            {"role": "tool", "tool_call_id": "b", "content": "-20"},
+        ]
+        second = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [ask, {"role": "assistant", "content": None}, *results]},
+        )
+        pieces = [
+            line.split('"content":"')[1].split('"')[0]
+            for line in (await second.text()).splitlines()
+            if '"content":"' in line
+        ]
+        assert "".join(pieces) == "add=5 multiply=-20"
+        assert (await (await client.get("/stats")).json())["requests"] == 2
