@@ -95,6 +95,9 @@ async def test_body_over_the_limit_is_413(make_settings) -> None:
             assert big.status_code == 413
             small = await client.post(f"/sessions/{session['id']}/messages", json={"message": "hi"})
             assert small.status_code == 202
+            # Let the request end before the server checks it is idle.
+            events = await client.get(f"/requests/{small.json()['id']}/events")
+            assert "event: done" in events.text
 
 
 async def test_api_key_required_and_checked(server: Server) -> None:

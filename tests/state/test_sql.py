@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -325,20 +326,41 @@ async def test_a_missing_table_is_a_state_error_chained_to_the_cause(tmp_path: P
         await store.aclose()
 
 
-async def test_a_pool_with_no_free_connection_times_out_as_a_state_error(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "corral.db")
+async def test_a_pool_with_no_free_connection_times_out_as_a_state_error(sql_url: str) -> None:
+    from corral.state._sqlite import SqliteRunner
+
     store = await SqlStore.connect(
-        url, upgrade=True, pool_size=1, max_overflow=0, pool_timeout_s=0.1
+        sql_url, upgrade=True, pool_size=1, max_overflow=0, pool_timeout_s=0.1
     )
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(conn: sa.Connection) -> None:  # SQLite: runs in the readers' only thread
+        conn.execute(sa.text("SELECT 1"))
+        holding.set()
+        release.wait(5)
+
     try:
         tenant = await store.create_tenant("acme")
-        async with store._engine.connect():  # the pool's only connection, lent out
+        if isinstance(store._engine, SqliteRunner):
+            # The readers' only connection (and thread), lent out; a read queues behind it.
+            held = asyncio.ensure_future(store._tx("holding", hold, write=False))
+            await asyncio.to_thread(holding.wait, 5)
             assert store.statistics().checked_out == 1
+            waiting = asyncio.ensure_future(store.get_tenant(tenant.id))
+            await asyncio.sleep(0.3)
+            release.set()
+            await held
             with pytest.raises(StateError, match="no database connection came free") as caught:
-                await store.get_tenant(tenant.id)
-            assert isinstance(caught.value.__cause__, sa_exc.TimeoutError)
+                await waiting
+        else:
+            async with store._engine.connect():  # the pool's only connection, lent out
+                assert store.statistics().checked_out == 1
+                with pytest.raises(StateError, match="no database connection came free") as caught:
+                    await store.get_tenant(tenant.id)
+        assert isinstance(caught.value.__cause__, sa_exc.TimeoutError)
         assert (await store.get_tenant(tenant.id)).id == tenant.id
     finally:
+        release.set()
         await store.aclose()
 
 
@@ -351,7 +373,8 @@ async def test_verified_keys_are_trusted_for_the_cache_time(sql_url: str) -> Non
     def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
-    sa.event.listen(here._engine.sync_engine, "before_cursor_execute", count)
+    for engine in _sync_engines(here):
+        sa.event.listen(engine, "before_cursor_execute", count)
     try:
         tenant = await here.create_tenant("acme")
         key, record = await here.create_api_key(tenant.id)
@@ -386,13 +409,13 @@ async def test_a_lookup_racing_a_revocation_is_not_cached(
 ) -> None:
     from corral.state import _sql_records
 
-    read, release = asyncio.Event(), asyncio.Event()
+    read, release = threading.Event(), threading.Event()
     original = _sql_records.tenant_for_key
 
-    async def slow_lookup(*args: Any) -> Any:
-        found = await original(*args)
+    def slow_lookup(*args: Any) -> Any:  # runs in the store's worker thread
+        found = original(*args)
         read.set()
-        await release.wait()
+        release.wait(5)
         return found
 
     store = await SqlStore.connect(sqlite_url(tmp_path / "c.db"), upgrade=True, api_key_cache_s=60)
@@ -402,7 +425,7 @@ async def test_a_lookup_racing_a_revocation_is_not_cached(
         monkeypatch.setattr(_sql_records, "tenant_for_key", slow_lookup)
         # The lookup reads the key as valid; the revocation lands before the lookup returns.
         lookup = asyncio.ensure_future(store.tenant_for_key(key))
-        await read.wait()
+        await asyncio.to_thread(read.wait, 5)
         await store.revoke_api_key(tenant.id, record.id)
         release.set()
         assert await lookup == tenant  # it read the key before the revocation...
@@ -417,3 +440,13 @@ async def test_bad_key_cache_time(tmp_path: Path) -> None:
     for bad in (-1, "5", True):
         with pytest.raises(UsageError, match="api_key_cache_s"):
             await SqlStore.connect(url, upgrade=True, api_key_cache_s=bad)  # type: ignore[arg-type]
+
+
+def _sync_engines(store: SqlStore) -> list[sa.Engine]:
+    """The SQLAlchemy engines a store's statements run on (to listen to what they execute)."""
+    from corral.state._sqlite import SqliteRunner
+
+    engine = store._engine
+    if isinstance(engine, SqliteRunner):
+        return [engine._writer_engine, engine._reader_engine]
+    return [engine.sync_engine]

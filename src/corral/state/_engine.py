@@ -17,7 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral.errors import CorralError, StateError, UsageError
 
-__all__ = ["Backend", "PoolOptions", "WRITE", "is_transient", "make_engine", "redact", "translate"]
+__all__ = [
+    "WRITE",
+    "Backend",
+    "PoolOptions",
+    "configure_sqlite",
+    "is_transient",
+    "make_engine",
+    "make_sync_sqlite_engine",
+    "redact",
+    "translate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +121,7 @@ def make_engine(url: sa.URL, backend: Backend, options: PoolOptions) -> AsyncEng
         # connections, and each statement costs a hop to aiosqlite's thread.
         kwargs["poolclass"] = sa.AsyncAdaptedQueuePool
         engine = create_async_engine(url, **kwargs)
-        _configure_sqlite(engine, options.sqlite_busy_timeout_s)
+        configure_sqlite(engine.sync_engine, options.sqlite_busy_timeout_s)
         return engine
     # A connection the server or a proxy dropped is replaced before a call gets it.
     kwargs["pool_pre_ping"] = True
@@ -119,27 +129,78 @@ def make_engine(url: sa.URL, backend: Backend, options: PoolOptions) -> AsyncEng
     return create_async_engine(url, **kwargs)
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
+def make_sync_sqlite_engine(
+    url: sa.URL,
+    options: PoolOptions,
+    *,
+    pool_size: int,
+    max_overflow: int,
+    busy_timeout_s: float | None = None,
+    autocheckpoint: bool = True,
+    recycle: bool = True,
+) -> sa.Engine:
+    """Return a pooled engine on the stdlib `sqlite3` driver (see corral/state/_sqlite.py).
+
+    Connections may be used by another thread than the one that made them (never by two at
+    once), so the driver's same-thread check is off. `busy_timeout_s` replaces the options'
+    for connections in use (None: the options'); `autocheckpoint=False` leaves the WAL to be
+    checkpointed by someone else; `recycle=False` keeps connections for good.
+    """
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        poolclass=sa.QueuePool,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=options.pool_timeout_s,
+        pool_recycle=options.pool_recycle_s if recycle else -1,
+        connect_args={"check_same_thread": False},
+    )
+    configure_sqlite(
+        engine,
+        options.sqlite_busy_timeout_s,
+        busy_timeout_after_s=busy_timeout_s,
+        autocheckpoint=autocheckpoint,
+    )
+    return engine
+
+
+def configure_sqlite(
+    engine: sa.Engine,
+    busy_timeout_s: float,
+    *,
+    busy_timeout_after_s: float | None = None,
+    autocheckpoint: bool = True,
+) -> None:
+    """Give every connection of `engine` WAL, the busy timeout, foreign keys, and our BEGINs.
+
+    `busy_timeout_after_s`, if given, replaces the busy timeout once the connection is set up.
+    """
     busy_ms = round(busy_timeout_s * 1000)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Turn off the driver's own transaction handling (it begins late, with a plain BEGIN,
         # and not before DDL) so that `_on_begin` alone decides how transactions start.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
+            # The busy timeout first: switching a new database to WAL takes a lock too, and
+            # servers starting together on one file would otherwise fail it at once.
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             # WAL: readers do not block the writer, nor the writer readers.
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
             # In WAL mode NORMAL never corrupts the database and survives an application crash;
             # only a power loss may undo the latest commits. FULL would fsync every commit.
             cursor.execute("PRAGMA synchronous=NORMAL")
+            if not autocheckpoint:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
+            if busy_timeout_after_s is not None:
+                cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout_after_s * 1000)}")
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
         # A write transaction takes the write lock when it begins, waiting up to busy_timeout.
         # A deferred BEGIN would take it at the first write, and a transaction that read first

@@ -25,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from corral._retry import Backoff
 from corral._types import AsyncResource, JSONValue
@@ -53,6 +53,7 @@ from corral.state._engine import (
 from corral.state._lifecycle import Lifecycle
 from corral.state._migrate import current_revision, head_revision, upgrade
 from corral.state._sql_memory import MemoryStatements, list_scope, read_audit
+from corral.state._sqlite import SqliteRunner
 from corral.state._tables import memory, memory_audit, sessions
 from corral.state.base import (
     ApiKeyRecord,
@@ -89,10 +90,12 @@ class SqlStore(AsyncResource):
     Safe for many tasks at once, and for several processes sharing one database.
     """
 
-    def __init__(self, engine: AsyncEngine, backend: Backend, url: sa.URL) -> None:
-        """Wrap an engine made by `connect`; use `connect` instead."""
+    def __init__(self, engine: AsyncEngine | SqliteRunner, backend: Backend, url: sa.URL) -> None:
+        """Wrap what `connect` made (PostgreSQL: an async engine; SQLite: worker threads)."""
         self._engine = engine
-        self._writer = engine.execution_options(**{WRITE: True})
+        self._writer = (
+            engine.execution_options(**{WRITE: True}) if isinstance(engine, AsyncEngine) else None
+        )
         self._backend = backend
         self._url = url
         self._insert: Any = postgresql.insert if backend == "postgresql" else sqlite.insert
@@ -145,18 +148,23 @@ class SqlStore(AsyncResource):
             raise UsageError(f"api_key_cache_s must be seconds >= 0, got {cache_s!r}")
         if upgrade:
             await _upgrade(parsed)
-        store = cls(make_engine(parsed, backend, options), backend, parsed)
+        engine: AsyncEngine | SqliteRunner
+        if backend == "sqlite":
+            engine = await SqliteRunner.open(parsed, options)
+        else:
+            engine = make_engine(parsed, backend, options)
+        store = cls(engine, backend, parsed)
         store._keys = _keys.KeyCache(float(cache_s))
         try:
             await store._check_schema()
         except BaseException:
-            await store._engine.dispose()
+            await store._dispose()
             raise
         return store
 
     async def _check_schema(self) -> None:
         head = head_revision()
-        at = await self._tx("checking the schema", _run_sync(current_revision), write=False)
+        at = await self._tx("checking the schema", current_revision, write=False)
         if at != head:
             raise StateError(
                 f"the database at {redact(self._url)} is at schema revision {at or 'none'}, "
@@ -168,7 +176,7 @@ class SqlStore(AsyncResource):
     async def _tx(
         self,
         what: str,
-        fn: Callable[[AsyncConnection], Awaitable[T]],
+        fn: Callable[[sa.Connection], T],
         *,
         write: bool,
         on_foreign_key: Callable[[], CorralError] | None = None,
@@ -188,13 +196,11 @@ class SqlStore(AsyncResource):
         finally:
             self._life.exit()
 
-    async def _attempts(self, fn: Callable[[AsyncConnection], Awaitable[T]], write: bool) -> T:
-        engine = self._writer if write else self._engine
+    async def _attempts(self, fn: Callable[[sa.Connection], T], write: bool) -> T:
         attempt = 1
         while True:
             try:
-                async with engine.begin() as conn:
-                    return await fn(conn)
+                return await self._once(fn, write)
             except sa_exc.DBAPIError as exc:
                 # Rerunning is safe: the transaction rolled back, nothing of it was committed.
                 delay = _LOCKED_BACKOFF.next_delay_s(attempt) if is_transient(exc) else None
@@ -206,12 +212,21 @@ class SqlStore(AsyncResource):
             await asyncio.sleep(delay)
             attempt += 1
 
+    async def _once(self, fn: Callable[[sa.Connection], T], write: bool) -> T:
+        """Run `fn` in one transaction: on a SQLite worker thread, or over asyncpg."""
+        if isinstance(self._engine, SqliteRunner):
+            return await self._engine.run(fn, write=write)
+        engine = self._writer if write and self._writer is not None else self._engine
+        async with engine.begin() as conn:
+            # The statements are plain (sync) SQLAlchemy; run_sync drives them over asyncpg.
+            return await conn.run_sync(fn)
+
     def _bytewise(self, column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
         """Order by code point, as Python and SQLite do, whatever the database's locale."""
         return column.collate("C") if self._backend == "postgresql" else column
 
     def _memory(
-        self, conn: AsyncConnection, tenant_id: str, scope: str, key: str
+        self, conn: sa.Connection, tenant_id: str, scope: str, key: str
     ) -> MemoryStatements:
         return MemoryStatements(conn, self._insert, tenant_id, scope, key)
 
@@ -412,8 +427,8 @@ class SqlStore(AsyncResource):
         }
         bodies = [_rules.encode_message(m, i) for i, m in enumerate(messages)]
 
-        async def finish(conn: AsyncConnection) -> RequestRecord:
-            record = await _records.transition(
+        def finish(conn: sa.Connection) -> RequestRecord:
+            record = _records.transition(
                 conn,
                 tenant_id,
                 request_id,
@@ -422,7 +437,7 @@ class SqlStore(AsyncResource):
                 what="finished",
             )
             if bodies:
-                await _records.append(conn, tenant_id, record.session_id, request_id, bodies)
+                _records.append(conn, tenant_id, record.session_id, request_id, bodies)
             return record
 
         return await self._tx("finishing a request", finish, write=True)
@@ -450,8 +465,8 @@ class SqlStore(AsyncResource):
         _rules.check_scope(scope)
         _rules.check_key(key)
 
-        async def op(conn: AsyncConnection) -> MemoryRecord | None:
-            return await self._memory(conn, tenant_id, scope, key).live()
+        def op(conn: sa.Connection) -> MemoryRecord | None:
+            return self._memory(conn, tenant_id, scope, key).live()
 
         return await self._tx("reading memory", op, write=False)
 
@@ -472,10 +487,10 @@ class SqlStore(AsyncResource):
         tenant_id: str,
         scope: str,
         key: str,
-        fn: Callable[[MemoryStatements], Awaitable[T]],
+        fn: Callable[[MemoryStatements], T],
     ) -> T:
-        async def op(conn: AsyncConnection) -> T:
-            return await fn(self._memory(conn, tenant_id, scope, key))
+        def op(conn: sa.Connection) -> T:
+            return fn(self._memory(conn, tenant_id, scope, key))
 
         return await self._tx(
             f"{what} memory key {key!r} in {scope}",
@@ -605,13 +620,17 @@ class SqlStore(AsyncResource):
 
     def statistics(self) -> StoreStatistics:
         """Return calls in flight and the pool's connections."""
-        pool = cast(sa.QueuePool, self._engine.pool)
+        pools: tuple[sa.QueuePool, ...]
+        if isinstance(self._engine, SqliteRunner):
+            pools = self._engine.pools()
+        else:
+            pools = (cast(sa.QueuePool, self._engine.pool),)
         return StoreStatistics(
             name=self._backend,
             in_flight=self._life.in_flight,
-            checked_out=pool.checkedout(),
-            pool_size=pool.size(),
-            overflow=pool.overflow(),
+            checked_out=sum(p.checkedout() for p in pools),
+            pool_size=sum(p.size() for p in pools),
+            overflow=sum(p.overflow() for p in pools),
         )
 
     async def aclose(self) -> None:
@@ -623,9 +642,15 @@ class SqlStore(AsyncResource):
             await self._life.wait_idle()
         finally:
             try:
-                await self._engine.dispose()
+                await self._dispose()
             finally:
                 self._life.closed()
+
+    async def _dispose(self) -> None:
+        if isinstance(self._engine, SqliteRunner):
+            await self._engine.aclose()
+        else:
+            await self._engine.dispose()
 
 
 async def _run_to_end(work: Coroutine[Any, Any, T]) -> T:
@@ -649,13 +674,6 @@ async def _run_to_end(work: Coroutine[Any, Any, T]) -> T:
             task.exception()  # the caller is gone; its outcome is not reported
         raise cancelled
     return task.result()
-
-
-def _run_sync(fn: Callable[[sa.Connection], T]) -> Callable[[AsyncConnection], Awaitable[T]]:
-    async def run(conn: AsyncConnection) -> T:
-        return await conn.run_sync(fn)
-
-    return run
 
 
 async def _upgrade(url: sa.URL) -> None:

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral._types import JSONValue
 from corral.errors import StateError
@@ -73,8 +72,8 @@ def audit_entry(row: Any) -> AuditEntry:
     )
 
 
-async def list_scope(
-    conn: AsyncConnection, tenant_id: str, scope: str, order: sa.ColumnElement[str]
+def list_scope(
+    conn: sa.Connection, tenant_id: str, scope: str, order: sa.ColumnElement[str]
 ) -> list[MemoryRecord]:
     """Return the live records of a scope, ordered by `order` (the key)."""
     stmt = (
@@ -86,15 +85,15 @@ async def list_scope(
         )
         .order_by(order)
     )
-    return [_record(row) for row in await conn.execute(stmt)]
+    return [_record(row) for row in conn.execute(stmt)]
 
 
-async def read_audit(
-    conn: AsyncConnection, where: list[sa.ColumnElement[bool]], limit: int | None
+def read_audit(
+    conn: sa.Connection, where: list[sa.ColumnElement[bool]], limit: int | None
 ) -> list[AuditEntry]:
     """Return the audit entries matching `where`, oldest first."""
     stmt = sa.select(memory_audit).where(*where).order_by(memory_audit.c.id).limit(limit)
-    return [audit_entry(row) for row in await conn.execute(stmt)]
+    return [audit_entry(row) for row in conn.execute(stmt)]
 
 
 class MemoryStatements:
@@ -104,7 +103,7 @@ class MemoryStatements:
 
     def __init__(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         insert: Any,
         tenant_id: str,
         scope: str,
@@ -123,22 +122,22 @@ class MemoryStatements:
             memory.c.key == self.key,
         )
 
-    async def row(self, *, lock: bool = False) -> Any:
+    def row(self, *, lock: bool = False) -> Any:
         """Return the key's row, tombstone included, or None; `lock` holds it to commit."""
         stmt = sa.select(memory).where(self._where())
         if lock:
             stmt = stmt.with_for_update()  # rendered on PostgreSQL; SQLite holds the db lock
-        return (await self.conn.execute(stmt)).first()
+        return (self.conn.execute(stmt)).first()
 
-    async def live(self, *, lock: bool = False) -> MemoryRecord | None:
+    def live(self, *, lock: bool = False) -> MemoryRecord | None:
         """Return the key's record, or None if it does not exist or was deleted."""
-        row = await self.row(lock=lock)
+        row = self.row(lock=lock)
         return None if row is None or row.value is None else _record(row)
 
-    async def _audit(
+    def _audit(
         self, writer: str, operation: MemoryOperation, base: int, new: int, now: datetime
     ) -> None:
-        await self.conn.execute(
+        self.conn.execute(
             sa.insert(memory_audit).values(
                 tenant_id=self.tenant_id,
                 scope=self.scope,
@@ -151,7 +150,7 @@ class MemoryStatements:
             )
         )
 
-    async def _insert_new(self, kind: MemoryKind, text: str, writer: str, now: datetime) -> bool:
+    def _insert_new(self, kind: MemoryKind, text: str, writer: str, now: datetime) -> bool:
         stmt = (
             self._insert(memory)
             .values(
@@ -167,9 +166,9 @@ class MemoryStatements:
             .on_conflict_do_nothing()
             .returning(memory.c.version)
         )
-        return (await self.conn.execute(stmt)).first() is not None
+        return (self.conn.execute(stmt)).first() is not None
 
-    async def _update(
+    def _update(
         self,
         *,
         expected: int,
@@ -196,7 +195,7 @@ class MemoryStatements:
         if kind is not None:
             values["kind"] = kind
         stmt = sa.update(memory).where(*where).values(**values).returning(memory.c.version)
-        new: int | None = (await self.conn.execute(stmt)).scalar()
+        new: int | None = (self.conn.execute(stmt)).scalar()
         return new
 
     def _written(
@@ -207,27 +206,27 @@ class MemoryStatements:
 
     # -- operations -----------------------------------------------------------------------------
 
-    async def create(self, kind: MemoryKind, text: str, writer: str) -> MemoryRecord:
+    def create(self, kind: MemoryKind, text: str, writer: str) -> MemoryRecord:
         """Create the key (or revive its tombstone); `VersionConflict` if it exists."""
         now = datetime.now(UTC)
         for _ in range(_ATTEMPTS):
-            if await self._insert_new(kind, text, writer, now):
-                await self._audit(writer, "create", 0, 1, now)
+            if self._insert_new(kind, text, writer, now):
+                self._audit(writer, "create", 0, 1, now)
                 return self._written(kind, text, 1, writer, now)
-            row = await self.row(lock=True)
+            row = self.row(lock=True)
             if row is None:
                 continue  # deleted with its session since the insert saw it
             if row.value is not None:
                 raise _rules.conflict(self.scope, self.key, expected=None, current=_record(row))
-            new = await self._update(
+            new = self._update(
                 expected=row.version, kind=kind, text=text, writer=writer, now=now, live=False
             )
             if new is not None:
-                await self._audit(writer, "create", row.version, new, now)
+                self._audit(writer, "create", row.version, new, now)
                 return self._written(kind, text, new, writer, now)
         raise StateError(f"creating memory key {self.key!r} in {self.scope} kept racing a delete")
 
-    async def replace(
+    def replace(
         self,
         expected: int,
         kind: MemoryKind,
@@ -237,45 +236,39 @@ class MemoryStatements:
     ) -> MemoryRecord:
         """Write a new value if the key is at `expected`; `VersionConflict` if not."""
         now = datetime.now(UTC)
-        new = await self._update(
+        new = self._update(
             expected=expected, kind=kind, text=text, writer=writer, now=now, live=True
         )
         if new is None:
-            raise _rules.conflict(
-                self.scope, self.key, expected=expected, current=await self.live()
-            )
-        await self._audit(writer, operation, expected, new, now)
+            raise _rules.conflict(self.scope, self.key, expected=expected, current=self.live())
+        self._audit(writer, operation, expected, new, now)
         return self._written(kind, text, new, writer, now)
 
-    async def patch(
-        self, expected: int, patch: Mapping[str, JSONValue], writer: str
-    ) -> MemoryRecord:
+    def patch(self, expected: int, patch: Mapping[str, JSONValue], writer: str) -> MemoryRecord:
         """Merge-patch the value at `expected`: read, check, compute, then a conditional write.
 
         A writer that slips in between the read and the write makes the write match no row:
         a `VersionConflict`, as if it had come first.
         """
-        current = await self.live()
+        current = self.live()
         if current is None or current.version != expected:
             raise _rules.conflict(self.scope, self.key, expected=expected, current=current)
         value = _rules.patched(current, patch)
         text = _rules.encode_json(value, f"the value of memory key {self.key!r}")
-        return await self.replace(expected, "json", text, writer, "patch")
+        return self.replace(expected, "json", text, writer, "patch")
 
-    async def delete(self, expected: int, writer: str) -> int:
+    def delete(self, expected: int, writer: str) -> int:
         """Turn the key into a tombstone if it is at `expected`; return the new version."""
         now = datetime.now(UTC)
-        new = await self._update(
+        new = self._update(
             expected=expected, kind=None, text=None, writer=writer, now=now, live=True
         )
         if new is None:
-            raise _rules.conflict(
-                self.scope, self.key, expected=expected, current=await self.live()
-            )
-        await self._audit(writer, "delete", expected, new, now)
+            raise _rules.conflict(self.scope, self.key, expected=expected, current=self.live())
+        self._audit(writer, "delete", expected, new, now)
         return new
 
-    async def reduce(
+    def reduce(
         self,
         operation: MemoryOperation,
         compute: Callable[[MemoryRecord | None], JSONValue],
@@ -287,20 +280,20 @@ class MemoryStatements:
         """
         now = datetime.now(UTC)
         for _ in range(_ATTEMPTS):
-            row = await self.row(lock=True)
+            row = self.row(lock=True)
             if row is None:
                 text = _rules.encode_json(compute(None), f"the value of memory key {self.key!r}")
-                if await self._insert_new("json", text, writer, now):
-                    await self._audit(writer, operation, 0, 1, now)
+                if self._insert_new("json", text, writer, now):
+                    self._audit(writer, operation, 0, 1, now)
                     return self._written("json", text, 1, writer, now)
                 continue  # a concurrent first write created it: lock that row and go again
             current = None if row.value is None else _record(row)
             text = _rules.encode_json(compute(current), f"the value of memory key {self.key!r}")
-            new = await self._update(
+            new = self._update(
                 expected=row.version, kind="json", text=text, writer=writer, now=now, live=None
             )
             if new is not None:
-                await self._audit(writer, operation, row.version, new, now)
+                self._audit(writer, operation, row.version, new, now)
                 return self._written("json", text, new, writer, now)
         raise StateError(
             f"{operation} of memory key {self.key!r} in {self.scope} lost its row lock "

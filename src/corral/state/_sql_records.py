@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import NotFound, UsageError
 from corral.state import _keys, _rules
@@ -53,7 +52,7 @@ __all__ = [
 ]
 
 
-async def create_tenant(conn: AsyncConnection, insert: Any, tenant: Tenant) -> Tenant:
+def create_tenant(conn: sa.Connection, insert: Any, tenant: Tenant) -> Tenant:
     """Insert a tenant; `UsageError` if its id is taken."""
     stmt = (
         insert(tenants)
@@ -61,22 +60,22 @@ async def create_tenant(conn: AsyncConnection, insert: Any, tenant: Tenant) -> T
         .on_conflict_do_nothing()
         .returning(tenants.c.id)
     )
-    if (await conn.execute(stmt)).first() is None:
+    if (conn.execute(stmt)).first() is None:
         raise UsageError(f"tenant {tenant.id!r} already exists")
     return tenant
 
 
-async def read_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant:
+def read_tenant(conn: sa.Connection, tenant_id: str) -> Tenant:
     """Return the tenant, or raise `NotFound`."""
-    row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).first()
+    row = (conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).first()
     if row is None:
         raise NotFound(f"no tenant {tenant_id!r}")
     return Tenant(row.id, row.name, aware(row.created_at))
 
 
-async def create_api_key(conn: AsyncConnection, record: ApiKeyRecord, digest: str) -> None:
+def create_api_key(conn: sa.Connection, record: ApiKeyRecord, digest: str) -> None:
     """Insert an API key's record and hash (a missing tenant fails its foreign key)."""
-    await conn.execute(
+    conn.execute(
         sa.insert(api_keys).values(
             id=record.id,
             tenant_id=record.tenant_id,
@@ -87,27 +86,27 @@ async def create_api_key(conn: AsyncConnection, record: ApiKeyRecord, digest: st
     )
 
 
-async def tenant_for_key(conn: AsyncConnection, key: str, key_id: str) -> Tenant | None:
+def tenant_for_key(conn: sa.Connection, key: str, key_id: str) -> Tenant | None:
     """Return the tenant of `key` if its hash matches and it is not revoked."""
     stmt = (
         sa.select(api_keys.c.key_hash, api_keys.c.revoked_at, tenants)
         .join(tenants, tenants.c.id == api_keys.c.tenant_id)
         .where(api_keys.c.id == key_id)
     )
-    row = (await conn.execute(stmt)).first()
+    row = (conn.execute(stmt)).first()
     if row is None or not _keys.verify_key(key, row.key_hash) or row.revoked_at:
         return None
     return Tenant(row.id, row.name, aware(row.created_at))
 
 
-async def revoke_api_key(conn: AsyncConnection, tenant_id: str, key_id: str) -> None:
+def revoke_api_key(conn: sa.Connection, tenant_id: str, key_id: str) -> None:
     """Mark the tenant's key revoked (once); `NotFound` if the tenant has no such key."""
     mine = sa.and_(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id)
-    row = (await conn.execute(sa.select(api_keys.c.revoked_at).where(mine))).first()
+    row = (conn.execute(sa.select(api_keys.c.revoked_at).where(mine))).first()
     if row is None:
         raise NotFound(f"no API key {key_id!r}")
     if row.revoked_at is None:
-        await conn.execute(sa.update(api_keys).where(mine).values(revoked_at=datetime.now(UTC)))
+        conn.execute(sa.update(api_keys).where(mine).values(revoked_at=datetime.now(UTC)))
 
 
 def _session_record(row: Any) -> SessionRecord:
@@ -129,8 +128,8 @@ def _request_record(row: Any) -> RequestRecord:
     )
 
 
-async def create_session(
-    conn: AsyncConnection, insert: Any, record: SessionRecord, meta: str
+def create_session(
+    conn: sa.Connection, insert: Any, record: SessionRecord, meta: str
 ) -> SessionRecord:
     """Insert a session; `UsageError` if the tenant already has one with its id."""
     stmt = (
@@ -145,22 +144,22 @@ async def create_session(
         .on_conflict_do_nothing()
         .returning(sessions.c.id)
     )
-    if (await conn.execute(stmt)).first() is None:
+    if (conn.execute(stmt)).first() is None:
         raise UsageError(f"session {record.id!r} already exists")
     return record
 
 
-async def read_session(conn: AsyncConnection, tenant_id: str, session_id: str) -> SessionRecord:
+def read_session(conn: sa.Connection, tenant_id: str, session_id: str) -> SessionRecord:
     """Return the session, or raise `NotFound`."""
     stmt = sa.select(sessions).where(sessions.c.tenant_id == tenant_id, sessions.c.id == session_id)
-    row = (await conn.execute(stmt)).first()
+    row = (conn.execute(stmt)).first()
     if row is None:
         raise NotFound(f"no session {session_id!r}")
     return _session_record(row)
 
 
-async def list_sessions(
-    conn: AsyncConnection, tenant_id: str, limit: int | None, order_id: sa.ColumnElement[str]
+def list_sessions(
+    conn: sa.Connection, tenant_id: str, limit: int | None, order_id: sa.ColumnElement[str]
 ) -> list[SessionRecord]:
     """Return the tenant's sessions, oldest first (ties by `order_id`)."""
     stmt = (
@@ -169,28 +168,26 @@ async def list_sessions(
         .order_by(sessions.c.created_at, order_id)
         .limit(limit)
     )
-    return [_session_record(row) for row in await conn.execute(stmt)]
+    return [_session_record(row) for row in conn.execute(stmt)]
 
 
-async def delete_session(conn: AsyncConnection, tenant_id: str, session_id: str) -> None:
+def delete_session(conn: sa.Connection, tenant_id: str, session_id: str) -> None:
     """Delete a session and all that is its own; `NotFound` if there is none."""
     stmt = (
         sa.delete(sessions)
         .where(sessions.c.tenant_id == tenant_id, sessions.c.id == session_id)
         .returning(sessions.c.id)
     )
-    if (await conn.execute(stmt)).first() is None:
+    if (conn.execute(stmt)).first() is None:
         raise NotFound(f"no session {session_id!r}")
     # Messages and requests go by ON DELETE CASCADE; memory is keyed by scope, not session.
     scope = _rules.session_scope(session_id)
     for table in (memory, memory_audit):
-        await conn.execute(
-            sa.delete(table).where(table.c.tenant_id == tenant_id, table.c.scope == scope)
-        )
+        conn.execute(sa.delete(table).where(table.c.tenant_id == tenant_id, table.c.scope == scope))
 
 
-async def append(
-    conn: AsyncConnection,
+def append(
+    conn: sa.Connection,
     tenant_id: str,
     session_id: str,
     request_id: str | None,
@@ -207,12 +204,12 @@ async def append(
         .values(last_seq=sessions.c.last_seq + len(bodies))
         .returning(sessions.c.last_seq)
     )
-    last = (await conn.execute(bump)).scalar()
+    last = (conn.execute(bump)).scalar()
     if last is None:
         raise NotFound(f"no session {session_id!r}")
     first = last - len(bodies) + 1
     now = datetime.now(UTC)
-    await conn.execute(
+    conn.execute(
         sa.insert(messages),
         [
             {
@@ -229,11 +226,11 @@ async def append(
     return list(range(first, last + 1))
 
 
-async def list_messages(
-    conn: AsyncConnection, tenant_id: str, session_id: str, after_seq: int, limit: int | None
+def list_messages(
+    conn: sa.Connection, tenant_id: str, session_id: str, after_seq: int, limit: int | None
 ) -> list[StoredMessage]:
     """Return the session's messages after `after_seq`; `NotFound` if there is no session."""
-    await read_session(conn, tenant_id, session_id)
+    read_session(conn, tenant_id, session_id)
     stmt = (
         sa.select(messages)
         .where(
@@ -252,12 +249,12 @@ async def list_messages(
             _rules.decode_message(row.body),
             aware(row.created_at),
         )
-        for row in await conn.execute(stmt)
+        for row in conn.execute(stmt)
     ]
 
 
-async def record_request(
-    conn: AsyncConnection, insert: Any, record: RequestRecord
+def record_request(
+    conn: sa.Connection, insert: Any, record: RequestRecord
 ) -> tuple[RequestRecord, bool]:
     """Insert a request, or return the one already recorded with its idempotency key."""
     # DO NOTHING waits for a concurrent insert of the same key to commit, then yields to it.
@@ -274,17 +271,17 @@ async def record_request(
         .on_conflict_do_nothing()
         .returning(requests.c.id)
     )
-    if (await conn.execute(stmt)).first() is not None:
+    if (conn.execute(stmt)).first() is not None:
         return record, True
     if record.idempotency_key is not None:
-        existing = await find_request(conn, record.tenant_id, record.idempotency_key)
+        existing = find_request(conn, record.tenant_id, record.idempotency_key)
         if existing is not None:
             return existing, False
     raise UsageError(f"request {record.id!r} already exists")
 
 
-async def transition(
-    conn: AsyncConnection,
+def transition(
+    conn: sa.Connection,
     tenant_id: str,
     request_id: str,
     *,
@@ -300,30 +297,28 @@ async def transition(
         .values(**values)
         .returning(requests)
     )
-    row = (await conn.execute(stmt)).first()
+    row = (conn.execute(stmt)).first()
     if row is not None:
         return _request_record(row)
-    current = (await conn.execute(sa.select(requests).where(mine))).first()
+    current = (conn.execute(sa.select(requests).where(mine))).first()
     if current is None:
         raise NotFound(f"no request {request_id!r}")
     raise _rules.bad_transition(request_id, current.status, allowed, what)
 
 
-async def read_request(conn: AsyncConnection, tenant_id: str, request_id: str) -> RequestRecord:
+def read_request(conn: sa.Connection, tenant_id: str, request_id: str) -> RequestRecord:
     """Return the request, or raise `NotFound`."""
     stmt = sa.select(requests).where(requests.c.tenant_id == tenant_id, requests.c.id == request_id)
-    row = (await conn.execute(stmt)).first()
+    row = (conn.execute(stmt)).first()
     if row is None:
         raise NotFound(f"no request {request_id!r}")
     return _request_record(row)
 
 
-async def find_request(
-    conn: AsyncConnection, tenant_id: str, idempotency_key: str
-) -> RequestRecord | None:
+def find_request(conn: sa.Connection, tenant_id: str, idempotency_key: str) -> RequestRecord | None:
     """Return the tenant's request recorded with this idempotency key, if any."""
     stmt = sa.select(requests).where(
         requests.c.tenant_id == tenant_id, requests.c.idempotency_key == idempotency_key
     )
-    row = (await conn.execute(stmt)).first()
+    row = (conn.execute(stmt)).first()
     return None if row is None else _request_record(row)

@@ -444,6 +444,7 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
     """Start the fake model and the server, run every level and the held streams."""
     biggest = max(max(options.concurrency, default=1), options.streams)
     with tempfile.TemporaryDirectory(prefix="corral-bench-server-") as tmp:
+        os.environ.get("CORRAL_BENCH_KEEP") and print("server log:", tmp)
         root = Path(tmp)
         database = options.database_url or f"sqlite+aiosqlite:///{root / 'data' / 'corral.db'}"
         (root / "data").mkdir()
@@ -470,10 +471,8 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
             "CORRAL_DATABASE_URL": database,
             "CORRAL_LOG_LEVEL": "warning",
             "CORRAL_CREATE_DEV_KEY": "false",
-            # Caps above the load, so the bench measures the server rather than its limits.
-            "CORRAL_MAX_QUEUE": str(4 * biggest),
-            "CORRAL_MAX_CONCURRENT_REQUESTS": str(2 * biggest),
-            "CORRAL_MAX_CONCURRENT_LLM_STREAMS": str(2 * biggest),
+            # The request manager's caps stay at the server's defaults (what a deployment
+            # runs): they are what keeps the loop responsive when clients outnumber the CPU.
             "CORRAL_MAX_LOADED_SESSIONS": str(4 * biggest),
         }
         server_argv = [
