@@ -450,3 +450,61 @@ def _sync_engines(store: SqlStore) -> list[sa.Engine]:
     if isinstance(engine, SqliteRunner):
         return [engine._writer_engine, engine._reader_engine]
     return [engine.sync_engine]
+
+
+async def test_sqlite_a_write_waiting_for_the_lock_does_not_block_the_loop(tmp_path: Path) -> None:
+    sqlite_store = await SqlStore.connect(
+        sqlite_url(tmp_path / "corral.db"), upgrade=True, sqlite_busy_timeout_s=5
+    )
+    tenant = await sqlite_store.create_tenant("acme")
+    other = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock for 0.5 s
+        write = asyncio.create_task(
+            sqlite_store.memory_increment(tenant.id, "workspace:w", "n", writer="me")
+        )
+        await asyncio.sleep(0.5)
+        assert not write.done()
+        assert ticks >= 20  # the loop ran on while the write waited (asleep, not in SQLite)
+        other.execute("COMMIT")
+        assert (await write).value == 1
+    finally:
+        beat.cancel()
+        other.close()
+        await sqlite_store.aclose()
+
+
+async def test_sqlite_the_wal_is_checkpointed_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.state import _sqlite
+
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY_S", 0.05)
+    path = tmp_path / "c.db"
+    store = await SqlStore.connect(sqlite_url(path), upgrade=True)
+
+    def in_database_file() -> list[str]:
+        # immutable=1 reads the database file alone, not the WAL: only checkpointed rows.
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return [row[0] for row in conn.execute("SELECT name FROM tenants")]
+        finally:
+            conn.close()
+
+    try:
+        await store.create_tenant("acme")
+        async with asyncio.timeout(5):
+            # Polls the file: SQLite tells no one when a checkpoint lands.
+            while "acme" not in await asyncio.to_thread(in_database_file):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await store.aclose()

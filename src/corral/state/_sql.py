@@ -620,17 +620,17 @@ class SqlStore(AsyncResource):
 
     def statistics(self) -> StoreStatistics:
         """Return calls in flight and the pool's connections."""
-        pools: tuple[sa.QueuePool, ...]
         if isinstance(self._engine, SqliteRunner):
-            pools = self._engine.pools()
+            checked_out, size, overflow = self._engine.pool_statistics()
         else:
-            pools = (cast(sa.QueuePool, self._engine.pool),)
+            pool = cast(sa.QueuePool, self._engine.pool)
+            checked_out, size, overflow = pool.checkedout(), pool.size(), pool.overflow()
         return StoreStatistics(
             name=self._backend,
             in_flight=self._life.in_flight,
-            checked_out=sum(p.checkedout() for p in pools),
-            pool_size=sum(p.size() for p in pools),
-            overflow=sum(p.overflow() for p in pools),
+            checked_out=checked_out,
+            pool_size=size,
+            overflow=overflow,
         )
 
     async def aclose(self) -> None:

@@ -70,7 +70,7 @@ class SqliteRunner:
         self._reader_engine = make_sync_sqlite_engine(
             url, options, pool_size=options.pool_size, max_overflow=options.max_overflow
         )
-        self._writer = self._writer_engine.execution_options(**{WRITE: True})
+        self._writer: sa.Connection | None = None
         self._busy_timeout_s = options.sqlite_busy_timeout_s
         self._wait_limit_s = options.pool_timeout_s
         # One thread per connection the readers' pool may lend, so a read never waits in the
@@ -95,8 +95,18 @@ class SqliteRunner:
         return runner
 
     def _connect_writer(self) -> None:
-        with self._writer_engine.connect():
-            pass  # the pool keeps it (pool_size=1, never recycled)
+        # Held for good: checking a connection out of the pool and back (with its reset) for
+        # each write cost as much as the write.
+        self._writer = self._writer_engine.connect().execution_options(**{WRITE: True})
+
+    def _writer_connection(self) -> sa.Connection:
+        if self._writer is None or self._writer.invalidated or self._writer.closed:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+            self._connect_writer()  # SQLite opens a file: no network to wait for
+        assert self._writer is not None
+        return self._writer
 
     async def run(self, fn: Callable[[sa.Connection], T], *, write: bool) -> T:
         """Run `fn` in a transaction of its own; the caller must let a read run to its end."""
@@ -111,7 +121,8 @@ class SqliteRunner:
         delay = _LOCKED_FIRST_S
         while True:
             try:
-                with self._writer.begin() as conn:
+                conn = self._writer_connection()
+                with conn.begin():
                     result = fn(conn)
                 self._writes += 1
                 return result
@@ -155,12 +166,14 @@ class SqliteRunner:
         with self._reader_engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def pools(self) -> tuple[sa.QueuePool, sa.QueuePool]:
-        """Return the writer's pool and the readers' pool."""
-        return (
-            cast(sa.QueuePool, self._writer_engine.pool),
-            cast(sa.QueuePool, self._reader_engine.pool),
-        )
+    def pool_statistics(self) -> tuple[int, int, int]:
+        """Return connections lent out, kept (the writer's included) and overflowing.
+
+        The writer's connection is held for good and only used inside a write, which runs to
+        its end before anything else can look: it is never counted as lent out.
+        """
+        readers = cast(sa.QueuePool, self._reader_engine.pool)
+        return readers.checkedout(), readers.size() + 1, readers.overflow()
 
     async def aclose(self) -> None:
         """Stop the checkpointer, close every connection and stop the threads."""
@@ -171,6 +184,8 @@ class SqliteRunner:
 
         def close() -> None:
             self._reads.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
             # The last connection to close checkpoints the WAL into the database.
             self._reader_engine.dispose()
             self._writer_engine.dispose()
