@@ -62,8 +62,8 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able form: `type`, `seq`, `request_id` and the event's own fields."""
         data: dict[str, Any] = {"type": self.kind}
-        for f in fields(self):
-            data[f.name] = _jsonable(getattr(self, f.name))
+        for name in _field_names(type(self)):
+            data[name] = _jsonable(getattr(self, name))
         return data
 
 
@@ -179,7 +179,22 @@ class Cancelled(TerminalEvent):
     """Whether it had started; a request cancelled while queued left no trace in the history."""
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _jsonable(value: Any) -> Any:
+    if type(value) in _PLAIN:  # most fields: no need to try every richer type first
+        return value
     if isinstance(value, Message):
         return value.to_dict()
     if isinstance(value, ToolCall):
@@ -283,6 +298,13 @@ class _Reader:
 
     def __aiter__(self) -> _Reader:
         return self
+
+    def take_ready(self) -> list[Event]:
+        """Return the events already in the log past this reader, without waiting."""
+        events = self._log._events
+        ready = events[self._index :]
+        self._index = len(events)
+        return ready
 
     async def __anext__(self) -> Event:
         log = self._log

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import shutil
 import time
@@ -415,7 +416,9 @@ class Runtime:
     async def _evict(self) -> None:
         # Idle sessions beyond the bound leave memory (their history is in the store).
         excess = len(self._loaded) - self.settings.max_loaded_sessions
-        for key in list(self._loaded)[: max(0, excess)]:
+        if excess <= 0:
+            return
+        for key in list(itertools.islice(self._loaded, excess)):
             session = self._loaded.get(key)  # another eviction may have taken it meanwhile
             if session is not None and not session.requests:
                 del self._loaded[key]

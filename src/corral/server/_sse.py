@@ -119,6 +119,7 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await _body(send, f"retry: {_RETRY_MS}\n\n".encode())
         events = self._events
+        take_ready: Callable[[], list[Event]] | None = getattr(events, "take_ready", None)
         while True:
             try:
                 async with asyncio.timeout(self._ping_s):
@@ -128,8 +129,12 @@ class EventStream(Response):
                 continue
             except StopAsyncIteration:
                 break
-            await _body(send, frame(event))
-            if isinstance(event, TerminalEvent):
+            batch = [event]
+            if not isinstance(event, TerminalEvent) and take_ready is not None:
+                # Whatever else is in the log already goes out in the same write.
+                batch += take_ready()
+            await _body(send, b"".join(map(frame, batch)))
+            if isinstance(batch[-1], TerminalEvent):
                 self._finished = True
                 break
         self._finished = True

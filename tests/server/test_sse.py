@@ -1,0 +1,57 @@
+"""The SSE response itself: frames, batching of events already logged, the end of the stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+from corral.agent import Cancelled, EventLog, Started, TextChunk
+from corral.server._sse import EventStream
+from tests.server.helpers import parse_sse
+
+
+async def _run(log: EventLog, *, after: int = 0) -> list[bytes]:
+    bodies: list[bytes] = []
+    done = asyncio.Event()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if not message["more_body"]:
+                done.set()
+
+    async def receive() -> dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    response = EventStream(log.read(after=after), ping_s=30)
+    await response({"type": "http"}, receive, send)
+    return bodies
+
+
+async def test_events_already_logged_go_out_in_one_write() -> None:
+    log = EventLog()
+    log.append(Started(log.next_seq, "r1", history_len=0))
+    for text in ("a", "b", "c"):
+        log.append(TextChunk(log.next_seq, "r1", step=1, text=text))
+    streaming = asyncio.ensure_future(_run(log))
+    await asyncio.sleep(0.05)
+    log.append(TextChunk(log.next_seq, "r1", step=1, text="d"))  # a live one: a write of its own
+    log.append(Cancelled(log.next_seq, "r1", reason="test", started=True))
+    bodies = await streaming
+    retry, first, *rest = bodies
+    assert retry.startswith(b"retry:")
+    assert [e["id"] for e in parse_sse(first.decode())] == [1, 2, 3, 4]
+    events = parse_sse(b"".join(rest).decode())
+    assert [(e["id"], e["event"]) for e in events] == [(5, "text"), (6, "cancelled")]
+    assert rest[-1] == b""  # the end of the response
+
+
+async def test_resuming_skips_what_the_client_has() -> None:
+    log = EventLog()
+    log.append(Started(log.next_seq, "r1", history_len=0))
+    log.append(TextChunk(log.next_seq, "r1", step=1, text="a"))
+    log.append(Cancelled(log.next_seq, "r1", reason="test", started=True))
+    bodies = await _run(log, after=2)
+    assert [e["id"] for e in parse_sse(b"".join(bodies).decode())] == [3]
