@@ -14,7 +14,7 @@ from corral.cli.bench_server._run import ServerBenchOptions, measure, report
 async def test_the_bench_runs_small_and_reports_every_figure() -> None:
     out = io.StringIO()
     console = Console(file=out, width=160)
-    options = ServerBenchOptions(concurrency=(1, 3), seconds=1.0, warmup_s=0.3, streams=20)
+    options = ServerBenchOptions(concurrency=(1, 3), seconds=1.0, warmup_s=0.3, streams=30)
     figures = await measure(options, console)
     report(figures, console)
     assert [level.clients for level in figures.levels] == [1, 3]
@@ -27,8 +27,9 @@ async def test_the_bench_runs_small_and_reports_every_figure() -> None:
         assert level.server_cpu_ms_per_run > 0
     streams = figures.streams
     assert streams is not None
-    assert (streams.open_at_once, streams.held_at_model) == (20, 20)
-    assert (streams.finished_ok, streams.errors) == (20, 0)
+    # 30 streams open; the server's default cap of 20 provider streams holds the other 10 back.
+    assert (streams.open_at_once, streams.held_at_model, streams.queued_in_manager) == (30, 20, 10)
+    assert (streams.finished_ok, streams.errors) == (30, 0)
     text = out.getvalue()
     for figure in ("runs/s", "server CPU ms/run", "SSE streams open at once", "p99 first event"):
         assert figure in text

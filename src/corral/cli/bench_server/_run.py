@@ -30,6 +30,7 @@ from rich.table import Table
 from corral.cli.bench_server import _model
 from corral.cli.bench_server._tools import TOOL_WAIT_S
 from corral.errors import CorralError
+from corral.server.settings import ServerSettings
 
 __all__ = [
     "LevelFigures",
@@ -95,6 +96,9 @@ class StreamsFigures:
     open_at_once: int
     """The server's `corral_sse_streams` gauge while all were held."""
     held_at_model: int
+    """Model calls in flight at the model (up to the server's cap on provider streams)."""
+    queued_in_manager: int
+    """Model calls waiting for a stream slot in the request manager."""
     open_s: float
     """From the first POST to every stream having its first event."""
     finished_ok: int
@@ -403,6 +407,13 @@ async def _held_streams(
         finally:
             firsts[i].set()  # a stream that failed before its first event releases the wait
 
+    # The server's default cap on provider streams: the model calls beyond it wait in the
+    # request manager's queue (their SSE streams open all the same), and the fake holds the rest.
+    cap = ServerSettings.model_fields["max_concurrent_llm_streams"].default
+    expect_held = min(count, cap)
+    failure: str | None = None
+    opened = rss_held = float("nan")
+    held = open_now = queued = 0
     started = time.perf_counter()
     async with asyncio.TaskGroup() as tg:
         for i in range(count):
@@ -413,24 +424,38 @@ async def _held_streams(
                     await first.wait()
             opened = time.perf_counter() - started
             # The model calls reach the fake a moment after the first events: wait for them.
-            held = 0
             async with asyncio.timeout(30):
-                while held < count - tally.errors:
+                while held < expect_held:
                     async with http.get(f"{model_url}/stats") as response:
                         held = int((await response.json())["held"])
-                    if held < count - tally.errors:
+                    if held < expect_held:
                         await asyncio.sleep(0.1)
-            open_now = await _metric(
-                http, client.base_url, client.headers["authorization"][7:], "corral_sse_streams"
-            )
+            key = client.headers["authorization"][7:]
+            open_now = int(await _metric(http, client.base_url, key, "corral_sse_streams"))
+            # Waiting for a provider stream: admitted but without a slot, or not yet admitted.
+            gauges = {}
+            for name in ("queued", "running", "streams_in_use"):
+                gauges[name] = int(
+                    await _metric(http, client.base_url, key, f"corral_manager_{name}")
+                )
+            queued = gauges["queued"] + gauges["running"] - gauges["streams_in_use"]
             rss_held = _rss_mb(server_pid)
+        except TimeoutError:
+            failure = (
+                f"held streams: {sum(f.is_set() for f in firsts)} of {count} streams had their "
+                f"first event, {held} of {expect_held} model calls reached the model"
+            )
         finally:
+            # Released in any case: every stream then ends, and the task group with them.
             async with http.post(f"{model_url}/release") as response:
                 await response.read()
+    if failure is not None:
+        raise ServerBenchError(failure)
     return StreamsFigures(
         wanted=count,
-        open_at_once=int(open_now),
+        open_at_once=open_now,
         held_at_model=held,
+        queued_in_manager=queued,
         open_s=opened,
         finished_ok=finished,
         errors=tally.errors,
@@ -560,8 +585,9 @@ def report(figures: ServerBenchFigures, console: Console) -> bool:
     streams = figures.streams
     if streams is not None:
         console.print(
-            f"held streams: {streams.open_at_once} open at once on the server "
-            f"({streams.held_at_model} model calls held), all open in {streams.open_s:.2f} s; "
+            f"held streams: {streams.open_at_once} open at once on the server, all open in "
+            f"{streams.open_s:.2f} s ({streams.held_at_model} model calls held at the model, "
+            f"{streams.queued_in_manager} queued for a stream slot); "
             f"{streams.finished_ok} finished with the right answer, {streams.errors} errors; "
             f"server RSS {streams.rss_before_mb:.0f} -> {streams.rss_held_mb:.0f} MB"
         )
