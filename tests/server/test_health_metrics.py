@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import pytest
 
@@ -95,5 +96,45 @@ async def test_start_up_freezes_what_it_made(
 
     monkeypatch.setattr(gc, "collect", collect)
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
-    async with started(make_settings(gc_freeze=True)):
+    before = gc.get_threshold()
+    async with started(make_settings(gc_freeze=True, gc_threshold=(5000, 20, 30))):
         assert calls == ["collect", "freeze"]
+        assert gc.get_threshold() == (5000, 20, 30)
+    assert gc.get_threshold() == before  # the process's own, back after the server
+
+
+def test_no_route_or_dependency_runs_in_a_thread(make_settings: MakeSettings) -> None:
+    """FastAPI runs a plain `def` endpoint or dependency in its thread pool: a hop per request."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from corral.server import ServerConfig, create_app
+
+    app = create_app(make_settings(), config=ServerConfig.empty())
+    sync: list[str] = []
+
+    def visit(dependant: Any, where: str) -> None:
+        call = dependant.call
+        if call is not None:
+            target = call if inspect.isroutine(call) else type(call).__call__
+            if not inspect.iscoroutinefunction(target):
+                sync.append(f"{where}: {getattr(call, '__name__', call)}")
+        for sub in dependant.dependencies:
+            visit(sub, where)
+
+    def api_routes(routes: list[Any]) -> list[APIRoute]:
+        found: list[APIRoute] = []
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            included = getattr(route, "original_router", None)  # an include_router() router
+            if included is not None:
+                found += api_routes(included.routes)
+        return found
+
+    routes = api_routes(app.routes)
+    assert len(routes) >= 15
+    for route in routes:
+        visit(route.dependant, route.path)
+    assert sync == []

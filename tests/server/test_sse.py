@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
+import pytest
+
 from corral.agent import Cancelled, EventLog, Started, TextChunk
 from corral.server._sse import EventStream
 from tests.server.helpers import parse_sse
@@ -55,3 +57,42 @@ async def test_resuming_skips_what_the_client_has() -> None:
     log.append(Cancelled(log.next_seq, "r1", reason="test", started=True))
     bodies = await _run(log, after=2)
     assert [e["id"] for e in parse_sse(b"".join(bodies).decode())] == [3]
+
+
+async def test_a_client_leaving_ends_the_stream_quietly() -> None:
+    log = EventLog()
+    log.append(Started(log.next_seq, "r1", history_len=0))
+    left, gone = asyncio.Event(), []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"].startswith(b"id: 1"):
+            left.set()  # the client reads the first event, then hangs up
+
+    async def receive() -> dict[str, Any]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    response = EventStream(log.read(), ping_s=30, on_disconnect=lambda: gone.append(True))
+    await response({"type": "http"}, receive, send)  # returns: not cancelled, nothing raised
+    assert gone == [True]
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+
+
+async def test_a_cancel_from_outside_still_cancels() -> None:
+    log = EventLog()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    response = EventStream(log.read(), ping_s=30)
+    task = asyncio.ensure_future(response({"type": "http"}, receive, send))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -97,19 +97,46 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream until the terminal event, or until the client disconnects."""
         with self._counter:
-            streamer = asyncio.create_task(self._stream(send), name="corral-sse-stream")
-            listener = asyncio.create_task(_disconnected(receive), name="corral-sse-listen")
+            # The stream runs in this task (its first event goes out without waiting for the
+            # loop to start another); a listener task cancels it if the client goes away.
+            streamer = asyncio.current_task()
+            assert streamer is not None
+            left = False  # set with our own cancel of this task, in the same step
+            streaming = True
+
+            async def listen() -> None:
+                nonlocal left
+                await _disconnected(receive)
+                if streaming:
+                    left = True
+                    streamer.cancel()
+
+            def ours() -> bool:
+                # Our cancel, and nobody else's: swallow it, and leave the task uncancelled.
+                if left and streamer.cancelling() == 1:
+                    streamer.uncancel()
+                    return True
+                return False
+
+            listener = asyncio.create_task(listen(), name="corral-sse-listen")
             try:
-                await asyncio.wait({streamer, listener}, return_when=asyncio.FIRST_COMPLETED)
+                await self._stream(send)
+            except asyncio.CancelledError:
+                if not ours():
+                    raise
+            except OSError:
+                pass  # the connection broke: as if the client left
             finally:
-                # Both are ours and end here, whichever way this goes (a cancelled response too).
-                for task in (streamer, listener):
-                    task.cancel()
-                await asyncio.gather(streamer, listener, return_exceptions=True)
-            if streamer.done() and not streamer.cancelled():
-                error = streamer.exception()
-                if error is not None and not isinstance(error, OSError):
-                    raise error
+                streaming = False
+                # The listener is ours and ends here, whichever way this goes. Its cancel of
+                # this task may still be pending (it ran just as the stream ended): it lands
+                # on this await, and is ours to swallow.
+                listener.cancel()
+                try:
+                    await asyncio.gather(listener, return_exceptions=True)
+                except asyncio.CancelledError:
+                    if not ours():
+                        raise
         if not self._finished and self._on_disconnect is not None:
             self._on_disconnect()
         if self.background is not None:

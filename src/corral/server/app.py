@@ -78,7 +78,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await app_runtime.start()
+        threshold = gc.get_threshold()
         try:
+            if settings.gc_threshold is not None:
+                gc.set_threshold(*settings.gc_threshold)
             if settings.gc_freeze:
                 # Everything start-up made lives as long as the server: collect once, then
                 # keep it out of later full collections (the first one stalls the loop ~0.3 s).
@@ -86,6 +89,7 @@ def create_app(
                 gc.freeze()
             yield
         finally:
+            gc.set_threshold(*threshold)
             if owned:
                 await app_runtime.aclose()
             else:

@@ -184,11 +184,13 @@ class SqlStore(AsyncResource):
         """Run `fn` in one transaction, rerunning it while the database reports it locked.
 
         The one place database errors become corral errors. Cancelled, a PostgreSQL call is
-        interrupted and rolls back; a SQLite call first runs to its end (see `_run_to_end`).
+        interrupted and rolls back; a SQLite read first runs to its end in its thread (see
+        `_run_to_end`); a SQLite write runs on the loop, so it is never cut half-way (it can only
+        be cancelled while it sleeps between attempts, when no transaction is open).
         """
         self._life.enter()
         try:
-            if self._backend == "sqlite":
+            if self._backend == "sqlite" and not write:
                 return await _run_to_end(self._attempts(fn, write))
             return await self._attempts(fn, write)
         except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:

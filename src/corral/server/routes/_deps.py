@@ -18,8 +18,12 @@ _bearer = HTTPBearer(
 )
 
 
-def get_runtime(request: Request) -> Runtime:
-    """Return the app's runtime."""
+async def get_runtime(request: Request) -> Runtime:
+    """Return the app's runtime.
+
+    `async`, as every dependency here: FastAPI runs a plain `def` dependency in its thread
+    pool, a hop to a thread and back on every request.
+    """
     runtime: Runtime = request.app.state.runtime
     return runtime
 
