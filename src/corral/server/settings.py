@@ -52,7 +52,12 @@ class ServerSettings(BaseSettings):
         description="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASS@HOST/DB "
         "(default: DATA_DIR/corral.db).",
     )
-    db_pool_size: int = Field(default=5, ge=1, description="Database connections kept open.")
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="Database connections kept open (SQLite: reader threads; the writer has its "
+        "own). Under sustained load beyond it, overflow connections are opened and closed.",
+    )
     db_max_overflow: int = Field(default=10, ge=0, description="Extra connections under load.")
     api_key_cache_s: float = Field(
         default=5.0,

@@ -468,7 +468,6 @@ async def _held_streams(
 async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchFigures:
     """Start the fake model and the server, run every level and the held streams."""
     with tempfile.TemporaryDirectory(prefix="corral-bench-server-") as tmp:
-        os.environ.get("CORRAL_BENCH_KEEP") and print("server log:", tmp)
         root = Path(tmp)
         database = options.database_url or f"sqlite+aiosqlite:///{root / 'data' / 'corral.db'}"
         (root / "data").mkdir()
@@ -502,7 +501,7 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
         server_argv = [
             sys.executable,
             "-c",
-            os.environ.get("CORRAL_BENCH_SERVER_CODE", "from corral.cli import main; main()"),
+            "from corral.cli import main; main()",
             "serve",
             "--config",
             str(root / "corral.toml"),
