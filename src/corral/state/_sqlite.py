@@ -18,8 +18,9 @@ of work, most of it Python (SQLAlchemy) that holds the GIL wherever it runs.
 - Reads run whole in worker threads (a pool of connections, one per thread): a query may be long
   (a session's history, the audit log), and there it is SQLite's C code, which runs without the
   GIL, so reads never stall the loop. WAL: readers never block the writer, nor it them.
-- The checkpointer: every `CHECKPOINT_EVERY_S` after writes, a PASSIVE checkpoint copies the WAL
-  into the database from a reader thread, so the WAL stays small without any write paying for it.
+- The checkpointer: once the WAL has grown past `CHECKPOINT_WAL_BYTES` (SQLite's own default
+  cadence, 1,000 pages), a PASSIVE checkpoint copies it into the database from a reader thread
+  (looked at every `CHECKPOINT_EVERY_S` after writes), so no write pays for it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar, cast
 
 import sqlalchemy as sa
@@ -38,13 +40,14 @@ import sqlalchemy.exc as sa_exc
 
 from corral.state._engine import WRITE, PoolOptions, is_transient, make_sync_sqlite_engine
 
-__all__ = ["CHECKPOINT_EVERY_S", "SqliteRunner"]
+__all__ = ["CHECKPOINT_EVERY_S", "CHECKPOINT_WAL_BYTES", "SqliteRunner"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 CHECKPOINT_EVERY_S = 1.0
+CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 _LOCKED_FIRST_S = 0.001
 _LOCKED_MAX_S = 0.050
 
@@ -78,6 +81,7 @@ class SqliteRunner:
         self._reads = ThreadPoolExecutor(readers, thread_name_prefix="corral-sqlite-reader")
         self._writes = 0
         self._checkpointer: asyncio.Task[None] | None = None
+        self._wal = Path(f"{url.database}-wal")
 
     @classmethod
     async def open(cls, url: sa.URL, options: PoolOptions) -> SqliteRunner:
@@ -150,6 +154,12 @@ class SqliteRunner:
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY_S)
             if self._writes == checkpointed:
+                continue
+            try:
+                size = self._wal.stat().st_size
+            except OSError:
+                continue  # no WAL file (yet): nothing to copy
+            if size < CHECKPOINT_WAL_BYTES:
                 continue
             checkpointed = self._writes
             try:
