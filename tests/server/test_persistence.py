@@ -117,3 +117,40 @@ async def test_the_store_failing_does_not_hang_readers(make_settings: MakeSettin
             )
             assert parse_sse(response.text)[-1]["event"] == "done"
         assert running.runtime.statistics().persist_failures == 1
+
+
+async def _fifty_concurrent_requests(make_settings: MakeSettings, **values: object) -> None:
+    """50 requests in one session at once, over HTTP: every message stored once, numbered 1..N."""
+    async with started(make_settings(**values)) as running:
+        async with running.client() as client:
+            sid = (await client.post("/sessions", json={"policy": "concurrent"})).json()["id"]
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        f"/sessions/{sid}/messages", json={"message": f"hello {n}"}, headers=SSE
+                    )
+                    for n in range(50)
+                )
+            )
+            assert all(parse_sse(r.text)[-1]["event"] == "done" for r in responses)
+            stored = (await client.get(f"/sessions/{sid}/messages?limit=1000")).json()
+    assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))  # gap-free
+    users = [m["message"]["content"] for m in stored if m["message"]["role"] == "user"]
+    assert sorted(users) == sorted(f"hello {n}" for n in range(50))  # each exactly once
+    by_request: dict[str, list[int]] = {}
+    for m in stored:
+        by_request.setdefault(m["request_id"], []).append(m["seq"])
+    assert len(by_request) == 50
+    for seqs in by_request.values():  # each turn is one consecutive run: user, then answer
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert len(seqs) >= 2
+
+
+async def test_fifty_concurrent_requests_on_sqlite(make_settings: MakeSettings) -> None:
+    await _fifty_concurrent_requests(make_settings)
+
+
+async def test_fifty_concurrent_requests_on_postgresql(
+    make_settings: MakeSettings, fresh_postgres_url: str
+) -> None:
+    await _fifty_concurrent_requests(make_settings, database_url=fresh_postgres_url)
