@@ -509,3 +509,68 @@ async def test_sqlite_the_wal_is_checkpointed_in_the_background(
                 await asyncio.sleep(0.05)
     finally:
         await store.aclose()
+
+
+async def test_postgres_one_statement_writes_run_without_a_transaction(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating a session or recording a request is one round trip, not BEGIN, it, COMMIT."""
+    from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
+
+    begins: list[str] = []
+    adapter = sa_asyncpg.AsyncAdapt_asyncpg_connection
+    start = adapter._start_transaction
+
+    async def counted(self: Any) -> None:
+        if self.isolation_level != "autocommit":  # a BEGIN is sent to the server
+            begins.append("begin")
+        await start(self)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(adapter, "_start_transaction", counted)
+    store = await SqlStore.connect(postgres_url)
+    try:
+        tenant = await store.create_tenant("acme")
+        begins.clear()
+        session = await store.create_session(tenant.id)
+        first, created = await store.record_request(tenant.id, session.id, idempotency_key="k")
+        assert created
+        assert begins == []
+        # The autocommit path keeps the rules: a second request with the key yields to the first.
+        again, created = await store.record_request(tenant.id, session.id, idempotency_key="k")
+        assert (again.id, created) == (first.id, False)
+        # Writes of several statements still run in one transaction.
+        await store.finish_request(tenant.id, first.id, status="done", messages=[Message.user("x")])
+        assert begins == ["begin"]
+        assert store.statistics().idle
+    finally:
+        await store.aclose()
+
+
+async def test_postgres_a_connection_the_server_dropped_is_replaced(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection idle past the ping threshold is checked, and replaced if gone."""
+    from corral.state import _engine
+
+    monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.2)
+    store = await SqlStore.connect(fresh_postgres_url, upgrade=True, pool_size=2)
+    admin = create_async_engine(fresh_postgres_url, poolclass=sa.NullPool)
+    try:
+        tenant = await store.create_tenant("acme")
+        async with admin.connect() as conn:  # the server (or a proxy) drops our connections
+            killed = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name = 'corral' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                )
+            ).scalar()
+        assert killed
+        await asyncio.sleep(0.3)  # idle past the threshold: the next checkout pings
+        assert (await store.get_tenant(tenant.id)).id == tenant.id
+        assert store.statistics().idle
+    finally:
+        await admin.dispose()
+        await store.aclose()

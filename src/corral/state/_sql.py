@@ -96,6 +96,13 @@ class SqlStore(AsyncResource):
         self._writer = (
             engine.execution_options(**{WRITE: True}) if isinstance(engine, AsyncEngine) else None
         )
+        # PostgreSQL: a call of one statement runs without BEGIN and COMMIT around it, one round
+        # trip instead of three (each a turn of a busy loop, holding a pooled connection).
+        self._autocommit = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if isinstance(engine, AsyncEngine)
+            else None
+        )
         self._backend = backend
         self._url = url
         self._insert: Any = postgresql.insert if backend == "postgresql" else sqlite.insert
@@ -180,8 +187,12 @@ class SqlStore(AsyncResource):
         *,
         write: bool,
         on_foreign_key: Callable[[], CorralError] | None = None,
+        one_statement: bool = False,
     ) -> T:
         """Run `fn` in one transaction, rerunning it while the database reports it locked.
+
+        `one_statement`: `fn` writes with a single statement (what else it runs only reads, and
+        needs no snapshot shared with the write), so on PostgreSQL it may run in autocommit.
 
         The one place database errors become corral errors. Cancelled, a PostgreSQL call is
         interrupted and rolls back; a SQLite read first runs to its end in its thread (see
@@ -192,17 +203,19 @@ class SqlStore(AsyncResource):
         try:
             if self._backend == "sqlite" and not write:
                 return await _run_to_end(self._attempts(fn, write))
-            return await self._attempts(fn, write)
+            return await self._attempts(fn, write, one_statement)
         except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
             raise translate(exc, what, on_foreign_key=on_foreign_key) from exc
         finally:
             self._life.exit()
 
-    async def _attempts(self, fn: Callable[[sa.Connection], T], write: bool) -> T:
+    async def _attempts(
+        self, fn: Callable[[sa.Connection], T], write: bool, one_statement: bool = False
+    ) -> T:
         attempt = 1
         while True:
             try:
-                return await self._once(fn, write)
+                return await self._once(fn, write, one_statement)
             except sa_exc.DBAPIError as exc:
                 # Rerunning is safe: the transaction rolled back, nothing of it was committed.
                 delay = _LOCKED_BACKOFF.next_delay_s(attempt) if is_transient(exc) else None
@@ -214,10 +227,15 @@ class SqlStore(AsyncResource):
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def _once(self, fn: Callable[[sa.Connection], T], write: bool) -> T:
-        """Run `fn` in one transaction: on a SQLite worker thread, or over asyncpg."""
+    async def _once(
+        self, fn: Callable[[sa.Connection], T], write: bool, one_statement: bool = False
+    ) -> T:
+        """Run `fn` in one transaction: SQLite's way (see _sqlite.py), or over asyncpg."""
         if isinstance(self._engine, SqliteRunner):
             return await self._engine.run(fn, write=write)
+        if one_statement and self._autocommit is not None:
+            async with self._autocommit.connect() as conn:
+                return await conn.run_sync(fn)
         engine = self._writer if write and self._writer is not None else self._engine
         async with engine.begin() as conn:
             # The statements are plain (sync) SQLAlchemy; run_sync drives them over asyncpg.
@@ -309,6 +327,7 @@ class SqlStore(AsyncResource):
             lambda conn: _records.create_session(conn, self._insert, record, meta),
             write=True,
             on_foreign_key=lambda: NotFound(f"no tenant {tenant_id!r}"),
+            one_statement=True,
         )
 
     async def get_session(self, tenant_id: str, session_id: str) -> SessionRecord:
@@ -395,6 +414,9 @@ class SqlStore(AsyncResource):
             lambda conn: _records.record_request(conn, self._insert, record),
             write=True,
             on_foreign_key=lambda: NotFound(f"no session {session_id!r}"),
+            # The insert, then (if it yielded to an earlier request with the same key) a read
+            # of that request, which an autocommit read sees since it committed.
+            one_statement=True,
         )
 
     async def start_request(self, tenant_id: str, request_id: str) -> RequestRecord:
