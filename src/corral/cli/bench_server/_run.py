@@ -141,11 +141,10 @@ class _Failed(Exception):
     pass
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def _p99(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 def _cpu_s(pid: int) -> float:
@@ -346,13 +345,13 @@ async def _level(
         seconds=t1 - t0,
         ttfe_ms=(
             statistics.median(s.ttfe_s for s in inside) * 1000 if inside else float("nan"),
-            _percentile([s.ttfe_s for s in inside], 0.99) * 1000,
+            _p99([s.ttfe_s for s in inside]) * 1000,
         ),
         run_ms=(
             statistics.median(s.ended - s.started for s in inside) * 1000
             if inside
             else float("nan"),
-            _percentile([s.ended - s.started for s in inside], 0.99) * 1000,
+            _p99([s.ended - s.started for s in inside]) * 1000,
         ),
         errors=tally.errors,
         error_samples=tuple(tally.error_samples),
