@@ -138,7 +138,8 @@ def bench_server(
     ] = None,
 ) -> None:
     """Load `corral serve` with C clients doing agent runs; report runs/s, latency, CPU."""
-    from corral.cli.bench_server import ServerBenchError, ServerBenchOptions, run_server_bench
+    from corral.cli.bench_server import ServerBenchOptions, run_server_bench
+    from corral.errors import CorralError
 
     try:
         levels = tuple(int(c) for c in clients.split(",") if c.strip())
@@ -157,7 +158,7 @@ def bench_server(
     )
     try:
         run_server_bench(options)
-    except ServerBenchError as exc:
+    except CorralError as exc:  # ServerBenchError, or the database the key goes into
         typer.secho(f"corral bench server: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 
