@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import operator
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+# The server's demo agent has the same calculator: one for both (it refuses `**`, which would let
+# a message make the server compute 9**9**9).
+from corral.server._demo import calculate
+
+__all__ = ["calculate", "fetch", "fib", "flaky", "list_dir", "read_file", "shell", "write_file"]
 
 
 def read_file(path: Path) -> str:
@@ -53,32 +55,3 @@ def shell(command: str) -> str:
 def flaky(message: str) -> str:
     """Fail, to show that one failure does not sink its siblings."""
     raise RuntimeError(message)
-
-
-_OPERATORS: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-    ast.Mod: operator.mod,
-}
-
-
-def calculate(expression: str) -> float:
-    """Evaluate an arithmetic expression (numbers, + - * / ** %, parentheses).
-
-    Args:
-        expression: For example "(2 + 3) * 4".
-    """
-
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        raise ValueError(f"not arithmetic: {ast.unparse(node)!r}")
-
-    return float(value(ast.parse(expression, mode="eval").body))
