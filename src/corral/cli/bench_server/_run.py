@@ -81,6 +81,9 @@ class LevelFigures:
     error_samples: tuple[str, ...]
     server_cpu_ms_per_run: float
     client_cpu_ms_per_run: float
+    model_cpu_ms_per_run: float
+    """The fake model's CPU per run: its work per run is fixed, so how this moves between levels
+    shows what the machine itself does to CPU per run (caches, frequency), apart from corral."""
 
     @property
     def runs_per_s(self) -> float:
@@ -311,7 +314,7 @@ async def _one_run(client: _Client, tag: str) -> _Sample:
 
 
 async def _level(
-    client: _Client, server_pid: int, clients: int, options: ServerBenchOptions
+    client: _Client, server_pid: int, model_pid: int, clients: int, options: ServerBenchOptions
 ) -> LevelFigures:
     tally = _Tally()
     stop = asyncio.Event()
@@ -331,8 +334,10 @@ async def _level(
             tg.create_task(loop(i))
         await asyncio.sleep(options.warmup_s)
         cpu0, client0, t0 = _cpu_s(server_pid), time.process_time(), time.perf_counter()
+        model0 = _cpu_s(model_pid)
         await asyncio.sleep(options.seconds)
         cpu1, client1, t1 = _cpu_s(server_pid), time.process_time(), time.perf_counter()
+        model1 = _cpu_s(model_pid)
         stop.set()
     window = [s for s in tally.samples if t0 <= s.ended <= t1]
     # Runs that began in the window and ended in it give the latencies; the rate and the CPU
@@ -357,6 +362,7 @@ async def _level(
         error_samples=tuple(tally.error_samples),
         server_cpu_ms_per_run=(cpu1 - cpu0) / runs * 1000 if runs else float("nan"),
         client_cpu_ms_per_run=(client1 - client0) / runs * 1000 if runs else float("nan"),
+        model_cpu_ms_per_run=(model1 - model0) / runs * 1000 if runs else float("nan"),
     )
 
 
@@ -517,7 +523,9 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
             levels = []
             for clients in options.concurrency:
                 console.print(f"[dim]{clients} client(s): {options.seconds:g} s measured...[/]")
-                levels.append(await _level(client, server.proc.pid, clients, options))
+                levels.append(
+                    await _level(client, server.proc.pid, model.proc.pid, clients, options)
+                )
             streams = None
             if options.streams:
                 console.print(f"[dim]{options.streams} streams held open...[/]")
@@ -547,6 +555,7 @@ def report(figures: ServerBenchFigures, console: Console) -> bool:
         "errors",
         "server CPU ms/run",
         "bench CPU ms/run",
+        "model CPU ms/run",
     ):
         table.add_column(column, justify="right")
     for level in figures.levels:
@@ -558,6 +567,7 @@ def report(figures: ServerBenchFigures, console: Console) -> bool:
             str(level.errors),
             f"{level.server_cpu_ms_per_run:.2f}",
             f"{level.client_cpu_ms_per_run:.2f}",
+            f"{level.model_cpu_ms_per_run:.2f}",
         )
     console.print(table)
     for level in figures.levels:
