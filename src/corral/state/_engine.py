@@ -118,9 +118,8 @@ def make_engine(url: sa.URL, backend: Backend, options: PoolOptions) -> AsyncEng
         "pool_recycle": options.pool_recycle_s,
     }
     if backend == "sqlite":
-        # aiosqlite defaults to a queue pool for files already; say so, since a pool is needed
-        # for concurrent readers beside the writer (WAL). No pre-ping: a file does not drop
-        # connections, and each statement costs a hop to aiosqlite's thread.
+        # Migrations' engine (the store's own calls go through _sqlite.SqliteRunner). No
+        # pre-ping: a file does not drop connections.
         kwargs["poolclass"] = sa.AsyncAdaptedQueuePool
         engine = create_async_engine(url, **kwargs)
         configure_sqlite(engine.sync_engine, options.sqlite_busy_timeout_s)

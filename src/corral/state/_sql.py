@@ -1,14 +1,21 @@
-"""`SqlStore`: the store on SQLite (aiosqlite) or PostgreSQL (asyncpg), through SQLAlchemy 2.
+"""`SqlStore`: the store on SQLite or PostgreSQL (asyncpg), through SQLAlchemy 2.
+
+The statements (`_sql_records`, `_sql_memory`) are plain SQLAlchemy Core, run in one transaction
+per call: on PostgreSQL through `AsyncConnection.run_sync` over asyncpg, on SQLite by
+`corral.state._sqlite.SqliteRunner` (writes whole on the event loop, reads in threads; the file
+explains why not aiosqlite, which the URL still names and migrations still use).
 
 Concurrency, per backend:
 
 - No lock of corral's own around the database: every call takes a pooled connection (bounded:
-  `pool_size` + `max_overflow`, waiting at most `pool_timeout_s`) and runs one transaction.
+  `pool_size` + `max_overflow`, waiting at most `pool_timeout_s`) and runs one transaction;
+  PostgreSQL calls of a single write statement run in autocommit (one round trip).
 - PostgreSQL runs at READ COMMITTED; what must not race is serialised by row locks taken by the
   statements themselves (the session's counter row for appends, a memory row for increments).
-- SQLite (WAL) runs reads concurrently and write transactions one at a time: they begin with
-  BEGIN IMMEDIATE, waiting up to `sqlite_busy_timeout_s` for the write lock, and a transaction
-  that still finds the database locked is rerun with a bounded, jittered backoff.
+- SQLite (WAL) runs reads concurrently, in threads, and write transactions one at a time on the
+  loop: they begin with BEGIN IMMEDIATE; while another process holds the write lock they are
+  retried after async backoffs for up to `sqlite_busy_timeout_s`, then rerun a few more times
+  with a bounded, jittered backoff.
 
 Message sequence numbers: ``UPDATE sessions SET last_seq = last_seq + :n ... RETURNING
 last_seq`` in the transaction that inserts the messages. The UPDATE locks the session's row until
@@ -680,11 +687,11 @@ class SqlStore(AsyncResource):
 async def _run_to_end(work: Coroutine[Any, Any, T]) -> T:
     """Await `work` to its end even if the caller is cancelled meanwhile, then re-raise that.
 
-    For SQLite: aiosqlite runs each statement in a thread that cancellation cannot stop, and a
-    transaction cancelled between statements was seen to leave its connection, write lock held,
-    to the garbage collector, so every other writer timed out until then (found by
-    test_a_cancelled_append_takes_no_number). A SQLite transaction is short and bounded by the
-    busy timeout, so the caller waits that long at most; the call may then have committed.
+    For SQLite reads: each runs whole in a worker thread that cancellation cannot stop; the
+    caller waits for it, so a cancelled call never leaves a connection behind. (With aiosqlite,
+    a transaction cancelled between statements was seen to leave its connection, write lock held,
+    to the garbage collector: test_a_cancelled_append_takes_no_number.) A read is short, so the
+    caller waits that long at most.
     """
     task = asyncio.create_task(work)
     cancelled: asyncio.CancelledError | None = None
