@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.agent import Agent
@@ -51,6 +51,14 @@ class AgentEntry:
     provider: str
     """The provider and model, for people: "openai gpt-4.1 at http://...", "scripted"."""
     model: str | None
+
+    needs_workdir: bool = field(init=False)
+    """Whether a tool takes paths (or the call context, with its cwd): then each session gets a
+    directory; other agents would leave one empty directory per session."""
+
+    def __post_init__(self) -> None:
+        needs = any(tool.path_params or tool.context_param for tool in self.registry)
+        object.__setattr__(self, "needs_workdir", needs)
 
 
 def agent_configs(config: ServerConfig) -> dict[str, AgentConfig]:

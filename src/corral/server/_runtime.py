@@ -397,9 +397,7 @@ class Runtime:
         meta = record.metadata
         entry = self.agent(str(meta.get("agent")) if meta.get("agent") else None)
         cwd = self.work_root / record.tenant_id / record.id
-        if any(tool.path_params or tool.context_param for tool in entry.registry):
-            # Only an agent whose tools take paths (or the call context, with its cwd) gets a
-            # directory: the others would make one empty directory per session.
+        if entry.needs_workdir:
             cwd.mkdir(parents=True, exist_ok=True)
         session = self.sessions.create(
             session_id=record.id,
