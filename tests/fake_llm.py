@@ -156,6 +156,8 @@ class FakeLLMServer:
         self.respond = respond
         self.default = default
         self.arrivals: list[Arrival] = []
+        self.headers: list[dict[str, str]] = []
+        """The headers of every request, lower-cased names, in arrival order."""
         self._bucket = _Bucket(rate_limit) if rate_limit is not None else None
         self._ids = itertools.count(1)
         self.app = Starlette(routes=[Route(self.path, self._handle, methods=["POST"])])
@@ -181,6 +183,7 @@ class FakeLLMServer:
 
     async def _handle(self, request: Request) -> Response:
         body = await request.json()
+        self.headers.append(dict(request.headers))
         at = time.monotonic()
         if self._bucket is not None and (wait := self._bucket.take()) is not None:
             self.arrivals.append(Arrival(at, 429, body, limited=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Literal, cast
 
 import pytest
 
@@ -33,16 +34,26 @@ from tests.fake_llm import Call, FakeOpenAI, Reply
 from tests.providers.helpers import ADD, calls_of, drain, drain_into, request, text_of
 from tests.servers import free_port
 
+Transport = Literal["direct", "sdk"]
+
 
 @pytest.fixture
 def fake() -> FakeOpenAI:
     return FakeOpenAI()
 
 
+@pytest.fixture(params=["direct", "sdk"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Every test that streams runs on both transports: they must behave alike."""
+    return cast(Transport, request.param)
+
+
 @pytest.fixture
-async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
+async def provider(fake: FakeOpenAI, transport: Transport) -> AsyncIterator[OpenAIProvider]:
     async with fake.serve() as url:
-        async with OpenAIProvider(base_url=url, api_key="test", timeout_s=5) as provider:
+        async with OpenAIProvider(
+            base_url=url, api_key="test", timeout_s=5, transport=transport
+        ) as provider:
             yield provider
 
 
@@ -206,9 +217,11 @@ async def test_error_statuses_map_to_corral_errors(
         await drain(provider.stream(request()))
 
 
-async def test_connection_refused_is_unavailable() -> None:
+async def test_connection_refused_is_unavailable(transport: Transport) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
-    async with OpenAIProvider(base_url=url, api_key="k", timeout_s=2) as provider:
+    async with OpenAIProvider(
+        base_url=url, api_key="k", timeout_s=2, transport=transport
+    ) as provider:
         with pytest.raises(ProviderUnavailable, match="connection failed"):
             await drain(provider.stream(request()))
 
@@ -241,17 +254,21 @@ async def test_an_error_event_in_the_stream_is_mapped(
         await drain(provider.stream(request()))
 
 
-async def test_a_slow_first_token_times_out_as_unavailable(fake: FakeOpenAI) -> None:
+async def test_a_slow_first_token_times_out_as_unavailable(
+    fake: FakeOpenAI, transport: Transport
+) -> None:
     fake.add(Reply(text="late", first_token_delay_s=3))
     async with fake.serve() as url:
-        async with OpenAIProvider(base_url=url, api_key="k", timeout_s=0.3) as provider:
+        async with OpenAIProvider(
+            base_url=url, api_key="k", timeout_s=0.3, transport=transport
+        ) as provider:
             with pytest.raises(ProviderUnavailable, match="timed out"):
                 await drain(provider.stream(request()))
 
 
-async def test_closed_provider_refuses_new_streams(fake: FakeOpenAI) -> None:
+async def test_closed_provider_refuses_new_streams(fake: FakeOpenAI, transport: Transport) -> None:
     async with fake.serve() as url:
-        provider = OpenAIProvider(base_url=url, api_key="k")
+        provider = OpenAIProvider(base_url=url, api_key="k", transport=transport)
         await provider.aclose()
         await provider.aclose()
         with pytest.raises(ClosedError, match="closed"):
@@ -335,3 +352,83 @@ def test_malformed_chunks_are_named() -> None:
     )
     assert [type(e).__name__ for e in events] == ["TextDelta"]
     assert (reader.finish, reader.usage) == ("stop", Usage(3, 1))
+
+
+# -- the two transports -----------------------------------------------------------------------
+
+
+async def test_both_transports_send_the_sdks_headers(fake: FakeOpenAI) -> None:
+    fake.add(Reply(text="a"), Reply(text="b"))
+    async with fake.serve() as url:
+        for transport in ("direct", "sdk"):
+            async with OpenAIProvider(
+                base_url=url, api_key="sk-both", transport=transport
+            ) as provider:
+                await drain(provider.stream(request()))
+    direct, sdk = fake.headers
+    assert direct["authorization"] == sdk["authorization"] == "Bearer sk-both"
+    assert direct["content-type"] == "application/json"
+    # The SDK's identification headers, as the SDK itself sends them (per-request ones aside).
+    per_request = ("x-stainless-retry-count", "x-stainless-read-timeout")
+    same = {k for k in sdk if k.startswith("x-stainless-") and k not in per_request}
+    assert same
+    assert {k: direct[k] for k in same} == {k: sdk[k] for k in same}
+    assert direct["user-agent"] == sdk["user-agent"]
+    assert fake.bodies[0] == fake.bodies[1]
+
+
+async def test_an_error_body_that_is_not_json_is_quoted(transport: Transport) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def bad_gateway(_: object) -> PlainTextResponse:
+        return PlainTextResponse("<html>upstream down</html>", status_code=502)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", bad_gateway, methods=["POST"])])
+    from tests.servers import running_asgi
+
+    async with running_asgi(app) as url:
+        async with OpenAIProvider(
+            base_url=url + "/v1", api_key="k", transport=transport
+        ) as provider:
+            with pytest.raises(ProviderUnavailable, match="answered 502") as caught:
+                await drain(provider.stream(request()))
+    if transport == "direct":  # the SDK's message is only "Error code: 502"
+        assert "upstream down" in str(caught.value)
+
+
+async def test_a_client_given_streams_through_the_sdk(fake: FakeOpenAI) -> None:
+    import openai
+
+    from corral.errors import UsageError
+
+    fake.add(Reply(text="via sdk"))
+    async with fake.serve() as url:
+        client = openai.AsyncOpenAI(base_url=url, api_key="k")
+        with pytest.raises(UsageError, match="transport 'direct' needs no client"):
+            OpenAIProvider(client=client, transport="direct")
+        async with OpenAIProvider(client=client) as provider:
+            assert text_of(await drain(provider.stream(request()))) == "via sdk"
+        await client.close()
+
+
+def test_sse_decoder_follows_the_spec_across_reads() -> None:
+    from corral.providers._wire import SSEDecoder
+
+    wire = (
+        b": a comment\r\n"
+        b'data: {"a": 1}\r\n\r\n'
+        b"event: error\rdata: line one\rdata:line two\r\r"
+        b"id: 7\nretry: 10\ndata: caf\xc3\xa9\n\n"
+        b"data: [DONE]"
+    )
+    want = [("message", '{"a": 1}'), ("error", "line one\nline two"), ("message", "café")]
+    # Whole, and cut at every byte (a CRLF and a UTF-8 character split between reads included).
+    for cut in range(len(wire) + 1):
+        decoder = SSEDecoder()
+        got = decoder.feed(wire[:cut]) + decoder.feed(wire[cut:])
+        got += decoder.close()
+        assert got == [*want, ("message", "[DONE]")], cut
+    # A field with no data dispatches nothing; a blank line alone neither.
+    assert SSEDecoder().feed(b"event: x\n\n\n") == []

@@ -177,3 +177,26 @@ async def test_limits_of_the_settings_are_shared_per_key() -> None:
     assert a.limiter("m").limits == RateLimits(rpm=60)
     await a.aclose()
     await b.aclose()
+
+
+async def test_the_openai_transport_is_a_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.providers._limited import LimitedProvider
+    from corral.providers.openai import OpenAIProvider
+
+    config = tmp_path / "corral.toml"
+    config.write_text(
+        '[provider]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\ntransport = "sdk"\n'
+    )
+    default = load_settings(provider="openai", base_url="http://127.0.0.1:9/v1")
+    for settings, direct in ((load_settings(config), False), (default, True)):
+        provider = provider_from_settings(settings)
+        assert isinstance(provider, LimitedProvider)
+        inner = provider.inner
+        assert isinstance(inner, OpenAIProvider)
+        assert (inner._wire is not None) is direct
+        await inner.aclose()
+    monkeypatch.setenv("CORRAL_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(UsageError, match="transport"):
+        load_settings()

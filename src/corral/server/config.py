@@ -73,6 +73,7 @@ _PROVIDER_FIELDS = (
     "tpm",
     "max_concurrency",
     "max_attempts",
+    "transport",
 )
 
 
@@ -137,6 +138,7 @@ class AgentConfig(_Strict):
     tpm: float | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, ge=1)
     max_attempts: int | None = Field(default=None, ge=1)
+    transport: Literal["direct", "sdk"] | None = None
     system: str | None = None
     max_steps: int = Field(default=10, ge=1)
     temperature: float | None = Field(default=None, ge=0)
