@@ -432,3 +432,19 @@ def test_sse_decoder_follows_the_spec_across_reads() -> None:
         assert got == [*want, ("message", "[DONE]")], cut
     # A field with no data dispatches nothing; a blank line alone neither.
     assert SSEDecoder().feed(b"event: x\n\n\n") == []
+
+
+def test_the_direct_transport_takes_its_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from corral.providers._wire import _proxy_for
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert _proxy_for("https://api.openai.com/v1/chat/completions") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert _proxy_for("https://api.openai.com/v1/chat/completions") == "http://proxy.internal:3128"
+    assert _proxy_for("http://api.openai.com/v1/chat/completions") is None  # no HTTP_PROXY
+    assert _proxy_for("https://127.0.0.1:8000/v1/chat/completions") is None

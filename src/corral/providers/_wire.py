@@ -17,6 +17,7 @@ rules both providers share, so the two transports fail alike (the provider tests
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -109,6 +110,7 @@ class WireClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
         )
+        self._proxy = _proxy_for(url)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -116,8 +118,9 @@ class WireClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
                 timeout=self._timeout,
-                # Proxies from HTTP(S)_PROXY / NO_PROXY, as the SDK's httpx client honours them.
-                trust_env=True,
+                # Not `trust_env=True`: it reads ~/.netrc and the proxy variables again on every
+                # request (a tenth of a call's CPU); the proxy is looked up once instead.
+                trust_env=False,
                 raise_for_status=False,
             )
         return self._session
@@ -134,7 +137,9 @@ class WireClient:
         """
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         try:
-            async with self._http().post(self.url, data=data, headers=self._headers) as response:
+            async with self._http().post(
+                self.url, data=data, headers=self._headers, proxy=self._proxy
+            ) as response:
                 if response.status >= 400:
                     raise await _status_error(where, response)
                 decoder = SSEDecoder()
@@ -161,6 +166,15 @@ class WireClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _proxy_for(url: str) -> str | None:
+    """Return the proxy for `url` from HTTP(S)_PROXY / NO_PROXY, as the SDK's httpx honours them."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(scheme)
 
 
 def _chunk(where: str, event: str, text: str) -> dict[str, Any]:

@@ -142,6 +142,8 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.config = config or ServerConfig.empty()
+        # Resolved once: `resolve()` walks the path with a system call per component.
+        self._data_dir = settings.data_dir.resolve()
         self._given_provider = provider
         self._state = _State.NEW
         self._stack = AsyncExitStack()
@@ -165,7 +167,7 @@ class Runtime:
     @property
     def data_dir(self) -> Path:
         """The data directory, absolute."""
-        return self.settings.data_dir.resolve()
+        return self._data_dir
 
     @property
     def work_root(self) -> Path:

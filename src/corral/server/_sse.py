@@ -144,7 +144,8 @@ class EventStream(Response):
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await _body(send, f"retry: {_RETRY_MS}\n\n".encode())
+        # The reconnection delay goes out with the first frames, in their write.
+        prefix = f"retry: {_RETRY_MS}\n\n".encode()
         events = self._events
         take_ready: Callable[[], list[Event]] | None = getattr(events, "take_ready", None)
         while True:
@@ -152,15 +153,19 @@ class EventStream(Response):
                 async with asyncio.timeout(self._ping_s):
                     event = await anext(events)
             except TimeoutError:
-                await _body(send, b": ping\n\n")
+                await _body(send, prefix + b": ping\n\n")
+                prefix = b""
                 continue
             except StopAsyncIteration:
+                if prefix:
+                    await _body(send, prefix)
                 break
             batch = [event]
             if not isinstance(event, TerminalEvent) and take_ready is not None:
                 # Whatever else is in the log already goes out in the same write.
                 batch += take_ready()
-            await _body(send, b"".join(map(frame, batch)))
+            await _body(send, prefix + b"".join(map(frame, batch)))
+            prefix = b""
             if isinstance(batch[-1], TerminalEvent):
                 self._finished = True
                 break

@@ -276,13 +276,13 @@ def transition(
     what: str,
 ) -> RequestRecord:
     """Update a request whose status is one of `allowed`, in one conditional UPDATE."""
-    mine = sa.and_(requests.c.tenant_id == tenant_id, requests.c.id == request_id)
     stmt = _update_request(tuple(allowed), tuple(values))
     params = {"b_tenant": tenant_id, "b_id": request_id}
     params.update({f"b_{name}": value for name, value in values.items()})
     row = (conn.execute(stmt, params)).first()
     if row is not None:
         return _request_record(row)
+    mine = sa.and_(requests.c.tenant_id == tenant_id, requests.c.id == request_id)
     current = (conn.execute(sa.select(requests).where(mine))).first()
     if current is None:
         raise NotFound(f"no request {request_id!r}")
