@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -55,6 +56,8 @@ M = TypeVar("M", bound=BaseModel)
 
 _RETRY_STATUSES = frozenset({429, 503})
 _TERMINAL = frozenset({"done", "error", "cancelled"})
+_DRAIN_S = 1.0
+"""How long the end of a stream is waited for after its terminal event."""
 
 
 class APIError(CorralError):
@@ -461,15 +464,32 @@ def _error(response: httpx.Response) -> APIError:
     return kind(message, status=status, body=body)
 
 
+async def _read_to_end(lines: AsyncIterator[str]) -> None:
+    """Read what is left of a finished stream, briefly: if it does not end, it is closed."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_DRAIN_S):
+            async for _ in lines:
+                pass
+
+
 async def _parse(response: httpx.Response) -> AsyncIterator[ServerEvent]:
-    """Yield the events of an SSE body (comments and `retry:` are skipped)."""
+    """Yield the events of an SSE body (comments and `retry:` are skipped).
+
+    Before the terminal event goes to the caller the rest of the body is read (the server ends
+    the response right after it): a response read to its end leaves its connection in the pool
+    for the next call, where one left half-read is closed.
+    """
     event_id: int | None = None
     kind = "message"
     data: list[str] = []
-    async for line in response.aiter_lines():
+    lines = response.aiter_lines()
+    async for line in lines:
         if not line:
             if data and event_id is not None:
-                yield ServerEvent(event_id, kind, json.loads("\n".join(data)))
+                event = ServerEvent(event_id, kind, json.loads("\n".join(data)))
+                if event.terminal:
+                    await _read_to_end(lines)
+                yield event
             event_id, kind, data = None, "message", []
             continue
         if line.startswith(":"):

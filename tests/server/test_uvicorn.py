@@ -122,6 +122,24 @@ async def test_events_stream_live_and_resume_after_a_disconnect(
             assert (await client.get_request(request_id)).status == "done"
 
 
+async def test_the_client_keeps_its_connection_across_streamed_messages(
+    make_settings: MakeSettings,
+) -> None:
+    model = Switch()
+    async with serving(settings_for(make_settings), ScriptedProvider(script=model)) as live:
+        transport = httpx.AsyncHTTPTransport()
+        async with AsyncClient(live.url, api_key=live.keys["acme"], transport=transport) as client:
+            sid = (await client.create_session()).id
+            for text in ("quick one", "quick two", "quick three"):
+                events = [e async for e in client.stream(sid, text)]
+                assert events[-1].event == "done"
+            # Each stream was read to its end, so one kept-alive connection carried all four
+            # calls; a stream left half-read would have closed its connection each time.
+            pool = transport._pool.connections
+            assert len(pool) == 1
+            assert "Request Count: 4" in pool[0].info()
+
+
 async def test_cancel_on_disconnect_when_asked(make_settings: MakeSettings) -> None:
     model = Switch()
     async with serving(settings_for(make_settings), ScriptedProvider(script=model)) as live:

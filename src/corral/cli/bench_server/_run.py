@@ -294,6 +294,9 @@ class _Client:
                         data = json.loads(line[6:])
                         if event != b"done":
                             raise _Failed(f"the request ended {event.decode()}: {data}")
+                        # The response ends right after its terminal event: read to its end, so
+                        # the connection is kept for the next run, as an HTTP client's pool does.
+                        await r.content.read()
                         return first, str(data["result"]["text"])
         raise _Failed("the stream ended without a terminal event")
 
