@@ -76,6 +76,8 @@ class Reply:
         first_token_delay_s: Send the headers, then wait this long before the first event.
         error_event: Send an error event of this type (e.g. "overloaded_error") after
             `cut_after` events (or first), then end the stream.
+        end_delay_s: Wait this long after the last event before ending the body, as a server
+            whose last write and end of body travel apart.
     """
 
     text: str = ""
@@ -89,6 +91,7 @@ class Reply:
     cut_after: int | None = None
     first_token_delay_s: float = 0.0
     error_event: str | None = None
+    end_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ class FakeLLMServer:
         self.arrivals: list[Arrival] = []
         self.headers: list[dict[str, str]] = []
         """The headers of every request, lower-cased names, in arrival order."""
+        self.client_ports: list[int] = []
+        """The client's port of every request: one port, one kept-alive connection."""
         self._bucket = _Bucket(rate_limit) if rate_limit is not None else None
         self._ids = itertools.count(1)
         self.app = Starlette(routes=[Route(self.path, self._handle, methods=["POST"])])
@@ -184,6 +189,7 @@ class FakeLLMServer:
     async def _handle(self, request: Request) -> Response:
         body = await request.json()
         self.headers.append(dict(request.headers))
+        self.client_ports.append(request.client.port if request.client else 0)
         at = time.monotonic()
         if self._bucket is not None and (wait := self._bucket.take()) is not None:
             self.arrivals.append(Arrival(at, 429, body, limited=True))
@@ -395,6 +401,8 @@ class _SSEResponse(Response):
                 await send(
                     {"type": "http.response.body", "body": event.encode(), "more_body": True}
                 )
+            if self._reply.end_delay_s:
+                await asyncio.sleep(self._reply.end_delay_s)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return  # the client went away

@@ -286,6 +286,16 @@ async def test_a_caller_that_stops_early_closes_the_response(
     assert text_of(await drain(provider.stream(request()))) == "next"
 
 
+async def test_streams_one_after_another_share_one_connection(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.add(*(Reply(text=t, end_delay_s=0.05) for t in ("one", "two", "three")))
+    for want in ("one", "two", "three"):
+        assert text_of(await drain(provider.stream(request()))) == want
+    # Each answer was read past its [DONE] to the end, so its connection went back to the pool.
+    assert len(set(fake.client_ports)) == 1
+
+
 async def test_the_sdk_does_not_retry_by_itself(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     fake.add(Reply(status=500), Reply(text="would succeed"))
     with pytest.raises(ProviderUnavailable):

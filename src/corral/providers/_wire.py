@@ -16,6 +16,8 @@ rules both providers share, so the two transports fail alike (the provider tests
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import urllib.request
 from collections.abc import AsyncGenerator, Mapping
@@ -33,6 +35,8 @@ from corral.providers._errors import (
 
 __all__ = ["SSEDecoder", "WireClient"]
 
+_DRAIN_S = 1.0
+"""How long the end of a response is waited for after its `[DONE]`."""
 _ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error response read for its message; the rest is not needed to say what failed."""
 
@@ -146,6 +150,7 @@ class WireClient:
                 async for chunk in response.content.iter_any():
                     for event, text in decoder.feed(chunk):
                         if text == "[DONE]":
+                            await _read_to_end(response)
                             return
                         yield _chunk(where, event, text)
                 for event, text in decoder.close():
@@ -166,6 +171,17 @@ class WireClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+async def _read_to_end(response: aiohttp.ClientResponse) -> None:
+    """Read the little that follows `[DONE]`, so the connection goes back to the pool.
+
+    A response left unread is closed instead, and the next call pays a new connection. A server
+    that keeps the stream open after `[DONE]` gets `_DRAIN_S`, then its connection is closed.
+    """
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_S):
+            await response.read()
 
 
 def _proxy_for(url: str) -> str | None:
