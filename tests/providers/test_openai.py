@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Literal, cast
 
 import pytest
@@ -458,3 +459,23 @@ def test_the_direct_transport_takes_its_proxy_from_the_environment(
     assert _proxy_for("https://api.openai.com/v1/chat/completions") == "http://proxy.internal:3128"
     assert _proxy_for("http://api.openai.com/v1/chat/completions") is None  # no HTTP_PROXY
     assert _proxy_for("https://127.0.0.1:8000/v1/chat/completions") is None
+
+
+def test_the_direct_transport_trusts_the_cas_httpx_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import certifi
+
+    from corral.providers._wire import _tls_context
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    assert _tls_context().cert_store_stats()["x509_ca"] > 50  # certifi's bundle
+    bundle = Path(certifi.where()).read_text()
+    end = "-----END CERTIFICATE-----"
+    one = tmp_path / "one-ca.pem"
+    one.write_text(
+        bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)]
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(one))
+    assert _tls_context().cert_store_stats()["x509_ca"] == 1

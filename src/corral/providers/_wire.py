@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import ssl
 import urllib.request
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
+import certifi
 
 from corral.errors import ProviderError, ProviderUnavailable
 from corral.providers._errors import (
@@ -120,7 +123,7 @@ class WireClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
+                connector=aiohttp.TCPConnector(limit=0, ssl=_tls_context()),
                 timeout=self._timeout,
                 # Not `trust_env=True`: it reads ~/.netrc and the proxy variables again on every
                 # request (a tenth of a call's CPU); the proxy is looked up once instead.
@@ -171,6 +174,18 @@ class WireClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _tls_context() -> ssl.SSLContext:
+    """Return the CAs the SDK's httpx client trusts: SSL_CERT_FILE / SSL_CERT_DIR, else certifi's.
+
+    aiohttp alone would take the system's store, which slim containers often lack: the two
+    transports must accept the same servers.
+    """
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 async def _read_to_end(response: aiohttp.ClientResponse) -> None:
