@@ -17,11 +17,11 @@ request is cancelled or fails while the call runs.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from corral._wakeup import Wakeup
 from corral.errors import UsageError
 from corral.messages import Message
 from corral.providers.base import Usage
@@ -233,9 +233,7 @@ class EventLog:
     def __init__(self) -> None:
         self._events: list[Event] = []
         self._closed = False
-        # Made when a reader has to wait and resolved by the next append or close: one future
-        # wakes every waiting reader, and appends with nobody waiting cost nothing.
-        self._changed: asyncio.Future[None] | None = None
+        self._changed = Wakeup()  # readers waiting for the next append
 
     @property
     def next_seq(self) -> int:
@@ -263,13 +261,7 @@ class EventLog:
         self._events.append(event)
         if isinstance(event, TerminalEvent):
             self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            if not self._changed.done():
-                self._changed.set_result(None)
-            self._changed = None
+        self._changed.wake()
 
     def read(self, *, after: int = 0) -> AsyncIterator[Event]:
         """Return an iterator over every event numbered above `after`, then the live ones.
@@ -281,12 +273,6 @@ class EventLog:
         if not isinstance(after, int) or after < 0:
             raise UsageError(f"after must be a sequence number >= 0, got {after!r}")
         return _Reader(self, after)
-
-    async def _wait(self) -> None:
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        # shield: a cancelled reader must not cancel the future other readers wait on.
-        await asyncio.shield(self._changed)
 
 
 class _Reader:
@@ -311,7 +297,7 @@ class _Reader:
         while self._index >= len(log._events):
             if log._closed:
                 raise StopAsyncIteration
-            await log._wait()
+            await log._changed.wait()
         event = log._events[self._index]
         self._index += 1
         return event

@@ -9,11 +9,11 @@ it is closed, its last subscriber has left and its retention has passed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from corral._wakeup import Wakeup
 from corral.errors import UsageError
 
 __all__ = ["EventLog", "LogStatistics"]
@@ -41,7 +41,7 @@ class EventLog(Generic[T]):
     def __init__(self, *, on_last_unsubscribe: Callable[[], None] | None = None) -> None:
         self._events: list[T] = []
         self._closed = False
-        self._changed: asyncio.Future[None] | None = None
+        self._changed = Wakeup()
         self._subscribers = 0
         self._on_last_unsubscribe = on_last_unsubscribe
 
@@ -65,14 +65,14 @@ class EventLog(Generic[T]):
         if self._closed:
             raise UsageError("the event log is closed; nothing can be appended")
         self._events.append(event)
-        self._wake()
+        self._changed.wake()
         return len(self._events)
 
     def close(self) -> None:
         """Mark the log complete: subscribers end after reading what is there. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._wake()
+            self._changed.wake()
 
     def events(self, after: int = 0) -> list[T]:
         """Return the events numbered after `after`, without waiting."""
@@ -80,7 +80,7 @@ class EventLog(Generic[T]):
 
     def poke(self) -> None:
         """Wake every waiting subscriber, so each re-checks its `stop` condition."""
-        self._wake()
+        self._changed.wake()
 
     async def subscribe(
         self, after: int = 0, *, stop: Callable[[], bool] | None = None
@@ -105,7 +105,7 @@ class EventLog(Generic[T]):
                     yield cursor, self._events[cursor - 1]
                 if self._closed or (stop is not None and stop()):
                     return
-                await self._wait()
+                await self._changed.wait()
         finally:
             self._subscribers -= 1
             if self._subscribers == 0 and not self._closed and self._on_last_unsubscribe:
@@ -117,16 +117,4 @@ class EventLog(Generic[T]):
 
     async def changed(self) -> None:
         """Wait until an event is appended, the log closes, or `poke()` is called."""
-        await self._wait()
-
-    async def _wait(self) -> None:
-        # One shared future per generation of the log: an append wakes every waiting reader at
-        # once, at the cost of one future, whatever the number of readers.
-        if self._changed is None or self._changed.done():
-            self._changed = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._changed)
-
-    def _wake(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None and not changed.done():
-            changed.set_result(None)
+        await self._changed.wait()

@@ -1,0 +1,43 @@
+"""`Wakeup`: one call wakes every waiter; a cancelled waiter leaves alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+from corral._wakeup import Wakeup
+
+
+async def test_one_wake_wakes_every_waiter_and_only_those_waiting() -> None:
+    wakeup = Wakeup()
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await wakeup.wait()
+        woken.append(i)
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(1000)]
+    await asyncio.sleep(0)
+    assert wakeup.waiting == 1000
+    wakeup.wake()
+    late = asyncio.create_task(waiter(-1))  # came after the wake: waits for the next one
+    await asyncio.gather(*tasks)
+    assert sorted(woken) == list(range(1000))
+    await asyncio.sleep(0)
+    assert not late.done()
+    wakeup.wake()
+    await late
+    assert wakeup.waiting == 0
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
+    wakeup = Wakeup()
+    first = asyncio.create_task(wakeup.wait())
+    second = asyncio.create_task(wakeup.wait())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    assert first.cancelled()
+    assert not second.done()
+    wakeup.wake()  # skips the cancelled future
+    await asyncio.wait_for(second, 1)
+    assert wakeup.waiting == 0
