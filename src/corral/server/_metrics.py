@@ -43,6 +43,10 @@ class _RuntimeCollector(Collector):
             ),
             "corral_sessions_loaded": ("Sessions held in memory.", stats.sessions.sessions),
             "corral_sse_streams": ("Open SSE streams.", stats.sse_streams),
+            "corral_requests_in_flight": (
+                "Agent requests admitted and not ended (bounded by max_requests).",
+                stats.requests_in_flight,
+            ),
             "corral_store_in_flight": ("Store calls in flight.", stats.store.in_flight),
             "corral_store_connections_checked_out": (
                 "Database connections lent out.",
@@ -88,6 +92,14 @@ class _RuntimeCollector(Collector):
         for status, count in sorted(stats.requests.items()):
             requests.add_metric([status], count)
         yield requests
+        refused = CounterMetricFamily(
+            "corral_requests_refused",
+            "Agent requests refused at admission (429), by the limit: server or tenant.",
+            labels=["limit"],
+        )
+        for limit, count in sorted(stats.requests_refused.items()):
+            refused.add_metric([limit], count)
+        yield refused
 
 
 def metrics_registry(runtime: Callable[[], Runtime | None]) -> CollectorRegistry:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from corral._types import JSONValue
 from corral.agent import Agent, ToolCallFinished, Turn
-from corral.errors import ClosedError, NotFound, UsageError
+from corral.errors import ClosedError, NotFound, QueueFull, UsageError
 from corral.messages import Message
 from corral.providers import LimiterRegistry, LimiterStatistics, Provider
 from corral.requests import ManagerStatistics, RequestManager
@@ -107,6 +107,10 @@ class RuntimeStatistics:
     store: StoreStatistics
     providers: tuple[LimiterStatistics, ...]
     live_requests: int
+    requests_in_flight: int
+    """Agent requests admitted and not yet ended (what `max_requests` bounds)."""
+    requests_refused: Mapping[str, int]
+    """Requests refused at admission, by the limit that refused them ("server", "tenant")."""
     sse_streams: int
     tool_calls: Mapping[str, int]
     requests: Mapping[str, int]
@@ -120,6 +124,7 @@ class RuntimeStatistics:
             and self.manager.idle
             and self.store.idle
             and self.sse_streams == 0
+            and self.requests_in_flight == 0
             and all(p.idle for p in self.providers)
         )
 
@@ -161,6 +166,11 @@ class Runtime:
         self._requests: Counter[str] = Counter()
         self._persist_failures = 0
         self.sse_streams = 0
+        # Admission: agent requests in flight, in all and per tenant (see `_admit`).
+        self._in_flight = 0
+        self._in_flight_by_tenant: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._mean_request_s = 1.0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -499,7 +509,9 @@ class Runtime:
     ) -> Attached:
         session = await self.session(tenant_id, session_id)
         self._ensure_admitting()  # again: loading the session awaited
+        self._admit(tenant_id)  # no await from here to the count: two cannot both pass
         handle = session.send(message, policy=policy)
+        self._count_in_flight(tenant_id, handle)
         live = LiveRequest(tenant_id, session_id, handle)
         self._live[handle.id] = live
         self._prune()
@@ -517,6 +529,44 @@ class Runtime:
             handle.cancel(f"request {record.id} has this idempotency key")
             return Attached(self.live(tenant_id, record.id), record, created=False)
         return Attached(live, None, created=True)
+
+    def _admit(self, tenant_id: str) -> None:
+        """Refuse a new request beyond the server's or the tenant's limit, before it starts.
+
+        Raises:
+            QueueFull: (429 with Retry-After) too many requests in flight, naming the limit.
+        """
+        limit = self.settings.request_limit
+        if self._in_flight >= limit:
+            self._refused["server"] += 1
+            raise QueueFull(
+                f"the server has {self._in_flight} requests in flight, its limit "
+                f"(max_requests = {limit}); try again later",
+                retry_after_s=self._mean_request_s,
+            )
+        cap = self.settings.max_requests_per_tenant
+        if cap is not None and self._in_flight_by_tenant[tenant_id] >= cap:
+            self._refused["tenant"] += 1
+            raise QueueFull(
+                f"this API key's tenant has {self._in_flight_by_tenant[tenant_id]} requests in "
+                f"flight, its limit (max_requests_per_tenant = {cap}); try again later",
+                retry_after_s=self._mean_request_s,
+            )
+
+    def _count_in_flight(self, tenant_id: str, handle: RequestHandle) -> None:
+        self._in_flight += 1
+        self._in_flight_by_tenant[tenant_id] += 1
+        started = time.monotonic()
+
+        def ended(_: RequestHandle) -> None:
+            self._in_flight -= 1
+            self._in_flight_by_tenant[tenant_id] -= 1
+            if not self._in_flight_by_tenant[tenant_id]:
+                del self._in_flight_by_tenant[tenant_id]
+            # What a refused client is told to wait: about one request's length.
+            self._mean_request_s = 0.9 * self._mean_request_s + 0.1 * (time.monotonic() - started)
+
+        handle.add_done_callback(ended)
 
     def live(self, tenant_id: str, request_id: str) -> LiveRequest | None:
         """Return the tenant's request if it runs here or ended within the retention period."""
@@ -588,6 +638,8 @@ class Runtime:
             store=self.store.statistics(),
             providers=self.limiters.statistics(),
             live_requests=sum(1 for r in self._live.values() if not r.handle.done()),
+            requests_in_flight=self._in_flight,
+            requests_refused=dict(self._refused),
             sse_streams=self.sse_streams,
             tool_calls=dict(self._tool_calls),
             requests=dict(self._requests),

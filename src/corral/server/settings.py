@@ -103,6 +103,20 @@ class ServerSettings(BaseSettings):
         "rarer: each full one stops the loop for a time that grows with the live heap (50-100 ms "
         "at 200 clients on the bench, several times a second with Python's).",
     )
+    max_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Agent requests (messages being answered) in flight at once; a message "
+        "beyond it gets 429 with Retry-After before anything starts. Unset: max_queue + "
+        "max_concurrent_requests, so that the model call of every admitted request finds a "
+        "place in the request manager (a request has one model call in flight at a time).",
+    )
+    max_requests_per_tenant: int | None = Field(
+        default=None,
+        ge=1,
+        description="Agent requests one tenant may have in flight at once (429 beyond it), so "
+        "that one tenant cannot take every place from the others. Unset: no per-tenant cap.",
+    )
     max_queue: int = Field(
         default=1000, ge=1, description="Request manager: model calls that may wait."
     )
@@ -132,6 +146,13 @@ class ServerSettings(BaseSettings):
         default="auto",
         description="The event loop: uvloop where it is installed (auto), or asyncio's own.",
     )
+
+    @property
+    def request_limit(self) -> int:
+        """`max_requests`, or its default: what the request manager can hold."""
+        if self.max_requests is not None:
+            return self.max_requests
+        return self.max_queue + self.max_concurrent_requests
 
     @property
     def database(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from corral.agent import Agent, Event, EventLog, RequestStatus, RunResult, TerminalEvent, Turn
@@ -177,6 +177,17 @@ class RequestHandle:
     def done(self) -> bool:
         """Whether the request has ended, however."""
         return self._request.turn.done
+
+    def add_done_callback(self, callback: Callable[[RequestHandle], None]) -> None:
+        """Call `callback(handle)` once the request's task has finished, however it ended.
+
+        Unlike the sessions' `on_request_end` hook (which runs inside the request, and not when
+        a cancellation from outside cuts it short), this runs for every request exactly once:
+        what counts requests in flight must hear of every end.
+        """
+        task = self._request.task
+        assert task is not None  # spawned by `send()` before the handle is returned
+        task.add_done_callback(lambda _: callback(self))
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._request.turn.log.read()
