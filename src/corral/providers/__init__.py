@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from corral.providers._capabilities import CapabilityTable
+from corral.providers._fleet import RedisFleet
 from corral.providers._limited import LimitedProvider
 from corral.providers._ratelimit import (
+    Fleet,
     LimiterRegistry,
     LimiterStatistics,
     RateLimiter,
@@ -43,6 +45,7 @@ __all__ = [
     "CapabilityTable",
     "Completion",
     "Finish",
+    "Fleet",
     "LimitedProvider",
     "LimiterRegistry",
     "LimiterStatistics",
@@ -54,6 +57,7 @@ __all__ = [
     "ProviderSettings",
     "RateLimiter",
     "RateLimits",
+    "RedisFleet",
     "TextDelta",
     "ToolCallDelta",
     "ToolCallDone",

@@ -120,12 +120,12 @@ class LimitedProvider(AsyncResource):
                             yield event
                 except ProviderError as exc:
                     if isinstance(exc, RateLimited):
-                        limiter.record_rate_limited(exc.retry_after_s)
+                        await limiter.rate_limited(exc.retry_after_s)
                         reported = 0  # refused: the server spent no tokens on it
-                    limiter.settle(estimate, reported)
+                    await limiter.settled(estimate, reported)
                     failure = exc
                 else:
-                    limiter.settle(estimate, reported)
+                    await limiter.settled(estimate, reported)
                     limiter.record_success()
                     return
             finally:

@@ -22,6 +22,7 @@ import collections
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from corral._retry import Backoff
 from corral._types import Clock, MonotonicClock
@@ -29,16 +30,35 @@ from corral.errors import RateLimited, UsageError
 from corral.scheduler._budget import Budget
 
 __all__ = [
+    "Fleet",
     "LimiterRegistry",
     "LimiterStatistics",
     "RateLimiter",
     "RateLimits",
     "Sleep",
     "TokenBucket",
+    "bucket_shape",
     "default_registry",
 ]
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class Fleet(Protocol):
+    """Where the limits of a fleet of servers are kept (`corral.providers._fleet.RedisFleet`).
+
+    Each method answers None, or does nothing, when the store cannot be reached: a limiter
+    then goes by its own buckets.
+    """
+
+    async def reserve(
+        self, key: str, tokens: int, limits: RateLimits
+    ) -> tuple[float, float] | None: ...
+
+    async def pause(self, key: str, seconds: float, limits: RateLimits) -> None: ...
+
+    async def refund(self, key: str, tokens: float, limits: RateLimits) -> None: ...
+
 
 # Float error in refill arithmetic must not turn "exactly enough" into another tiny wait.
 _EPSILON = 1e-9
@@ -147,11 +167,21 @@ class RateLimiter:
     nothing with it, and the caller behind it moves up.
     """
 
-    def __init__(self, key: str, limits: RateLimits, *, clock: Clock, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        clock: Clock,
+        sleep: Sleep,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.key = key
         self.limits = limits
         self.clock = clock
         self.sleep = sleep
+        self.fleet = fleet
+        """Where the buckets and pause are shared with other servers; None: this one alone."""
         now = clock.monotonic()
         self._rpm = _request_bucket(limits.rpm, limits.rpm_burst, now)
         self._tpm = _bucket(limits.tpm, limits.tpm_burst, now)
@@ -212,17 +242,29 @@ class RateLimiter:
             await turn
             # Only the head runs this loop, so the buckets are read and spent by one caller at a
             # time: nobody can spend the tokens the head has waited for.
+            spent_shared = False
             while True:
                 now = self.clock.monotonic()
-                wait = self._wait_s(tokens, now, deadline)
+                paused = self._paused_s(now)
+                shared = None
+                if paused <= 0 and self.fleet is not None:
+                    shared = await self.fleet.reserve(self.key, tokens, self.limits)
+                if shared is None:  # no fleet, paused here, or the fleet's store is down
+                    wait = max(paused, self._buckets_wait_s(tokens, now))
+                else:
+                    wait, paused = shared
+                    self._check_pause(paused)
+                    spent_shared = wait <= 0
+                self._check_deadline(wait, now, deadline)
                 if wait <= 0:
                     break
                 # A pause set by another caller's 429 during this sleep is seen on waking.
                 await self._wait(wait)
-            if self._rpm is not None:
-                self._rpm.take(1)
-            if self._tpm is not None:
-                self._tpm.take(tokens)
+            if not spent_shared:
+                if self._rpm is not None:
+                    self._rpm.take(1)
+                if self._tpm is not None:
+                    self._tpm.take(tokens)
         finally:
             self._leave(turn)
 
@@ -261,6 +303,19 @@ class RateLimiter:
             self._rpm.drain(self._paused_until)
         return pause
 
+    async def rate_limited(self, retry_after_s: float | None) -> float:
+        """`record_rate_limited`, and the pause set for the whole fleet too (if there is one)."""
+        pause = self.record_rate_limited(retry_after_s)
+        if self.fleet is not None:
+            await self.fleet.pause(self.key, pause, self.limits)
+        return pause
+
+    async def settled(self, estimated: int, actual: int | None) -> None:
+        """`settle`, and the fleet's shared tokens corrected too (if there is one)."""
+        self.settle(estimated, actual)
+        if self.fleet is not None and actual is not None and self.limits.tpm is not None:
+            await self.fleet.refund(self.key, estimated - actual, self.limits)
+
     def record_retry(self) -> None:
         """Count a retry (for statistics)."""
         self._retries += 1
@@ -291,8 +346,13 @@ class RateLimiter:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _wait_s(self, tokens: int, now: float, deadline: float | None) -> float:
-        paused = self._paused_until - now
+    def _paused_s(self, now: float) -> float:
+        """Return how long this server's pause still runs (0 if none)."""
+        paused = max(0.0, self._paused_until - now)
+        self._check_pause(paused)
+        return paused
+
+    def _check_pause(self, paused: float) -> None:
         max_pause = self.limits.backoff.max_s
         if paused > max_pause:
             raise RateLimited(
@@ -300,17 +360,21 @@ class RateLimiter:
                 f"longest backoff ({max_pause:g} s)",
                 retry_after_s=paused,
             )
-        wait = max(0.0, paused)
+
+    def _buckets_wait_s(self, tokens: int, now: float) -> float:
+        wait = 0.0
         if self._rpm is not None:
             wait = max(wait, self._rpm.wait_s(1, now))
         if self._tpm is not None:
             wait = max(wait, self._tpm.wait_s(tokens, now))
+        return wait
+
+    def _check_deadline(self, wait: float, now: float, deadline: float | None) -> None:
         if wait > 0 and deadline is not None and now + wait > deadline:
             raise RateLimited(
                 f"{self.key}: waiting {wait:.3g} s for the rate limit would pass the deadline",
                 retry_after_s=wait,
             )
-        return wait
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if `settle()` gives tokens back meanwhile."""
@@ -347,11 +411,17 @@ class RateLimiter:
             turn.cancel()
 
 
-def _bucket(per_minute: float | None, burst: float | None, now: float) -> TokenBucket | None:
+def bucket_shape(per_minute: float | None, burst: float | None) -> tuple[float, float] | None:
+    """Return a bucket's refill rate per second and capacity (by default a second's worth)."""
     if per_minute is None:
         return None
     rate = per_minute / 60
-    return TokenBucket(rate, burst if burst is not None else max(1.0, rate), now)
+    return rate, burst if burst is not None else max(1.0, rate)
+
+
+def _bucket(per_minute: float | None, burst: float | None, now: float) -> TokenBucket | None:
+    shape = bucket_shape(per_minute, burst)
+    return None if shape is None else TokenBucket(*shape, now)
 
 
 def _request_bucket(rpm: float | None, burst: float | None, now: float) -> TokenBucket | None:
@@ -364,11 +434,16 @@ class LimiterRegistry:
     Args:
         clock: The buckets' clock; `time.perf_counter` by default.
         sleep: How waits sleep; `asyncio.sleep` by default. Tests pass a manual clock's.
+        fleet: Share the buckets and pauses with other servers (`RedisFleet`); None: the
+            limits are this process's alone.
     """
 
-    def __init__(self, *, clock: Clock | None = None, sleep: Sleep | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock | None = None, sleep: Sleep | None = None, fleet: Fleet | None = None
+    ) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.sleep: Sleep = sleep or asyncio.sleep
+        self.fleet = fleet
         self._limiters: dict[str, RateLimiter] = {}
 
     def limiter(self, key: str, limits: RateLimits) -> RateLimiter:
@@ -380,7 +455,7 @@ class LimiterRegistry:
         """
         limiter = self._limiters.get(key)
         if limiter is None:
-            limiter = RateLimiter(key, limits, clock=self.clock, sleep=self.sleep)
+            limiter = RateLimiter(key, limits, clock=self.clock, sleep=self.sleep, fleet=self.fleet)
             self._limiters[key] = limiter
         elif limiter.limits != limits:
             raise UsageError(

@@ -34,7 +34,7 @@ from corral._types import JSONValue
 from corral.agent import Agent, ToolCallFinished, Turn
 from corral.errors import ClosedError, NotFound, QueueFull, UsageError
 from corral.messages import Message
-from corral.providers import LimiterRegistry, LimiterStatistics, Provider
+from corral.providers import LimiterRegistry, LimiterStatistics, Provider, RedisFleet
 from corral.requests import ManagerStatistics, RequestManager
 from corral.server._agents import (
     AgentEntry,
@@ -217,6 +217,11 @@ class Runtime:
             api_key_cache_s=settings.api_key_cache_s,
         )
         self._stack.push_async_callback(self.store.aclose)
+        if settings.redis_url:
+            # Before any provider: each limiter takes the fleet when it is made.
+            fleet = await RedisFleet.connect(settings.redis_url)
+            self._stack.push_async_callback(fleet.aclose)
+            self.limiters.fleet = fleet
         routes = build_providers(
             self.config, self.limiters, self._stack, given=self._given_provider
         )

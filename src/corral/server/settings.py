@@ -52,6 +52,12 @@ class ServerSettings(BaseSettings):
         description="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASS@HOST/DB "
         "(default: DATA_DIR/corral.db).",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis (redis://host:6379/0) through which several servers share their "
+        "provider rate limits: requests and tokens per minute, and the pause after a 429. "
+        "Unset: each server limits itself alone (in-process coordination).",
+    )
     db_pool_size: int = Field(
         default=10,
         ge=1,

@@ -1,0 +1,91 @@
+"""Two servers sharing their provider limits through the real Redis (`redis_url`)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import httpx
+import pytest
+
+from corral.errors import UsageError
+from corral.providers import RedisFleet
+from corral.server import Runtime, load_config
+from tests.fake_llm import FakeOpenAI, Reply
+from tests.server.conftest import MakeSettings, started
+from tests.server.helpers import parse_sse
+from tests.support import eventually
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SSE = {"accept": "text/event-stream"}
+
+
+@pytest.fixture
+async def redis_url(service_unavailable: Callable[[str, object], NoReturn]) -> str:
+    try:
+        fleet = await RedisFleet.connect(REDIS_URL, timeout_s=1)
+    except UsageError as exc:
+        service_unavailable("Redis at 127.0.0.1:6379", exc)
+    await fleet.aclose()
+    return REDIS_URL
+
+
+async def test_a_429_seen_by_one_server_holds_back_the_other(
+    tmp_path: Path, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("CORRAL_TEST_LLM_KEY", "sk-test")
+    fake = FakeOpenAI(Reply(status=429, retry_after="1"), default=Reply(text="fine"))
+    model = f"fleet-{uuid.uuid4().hex[:12]}"  # a key of its own in Redis
+    async with fake.serve() as base_url:
+        path = tmp_path / "corral.toml"
+        path.write_text(
+            textwrap.dedent(
+                f"""
+                [provider]
+                provider = "openai"
+                base_url = "{base_url}"
+                api_key_env = "CORRAL_TEST_LLM_KEY"
+
+                [agents.chat]
+                model = "{model}"
+                """
+            )
+        )
+        config = load_config(path)
+        a_settings = make_settings(redis_url=redis_url, data_dir=tmp_path / "a")
+        b_settings = make_settings(redis_url=redis_url, data_dir=tmp_path / "b")
+        async with started(a_settings, config=config) as a, started(b_settings, config=config) as b:
+            async with a.client() as client_a, b.client() as client_b:
+                sid_a = (await client_a.post("/sessions", json={})).json()["id"]
+                sid_b = (await client_b.post("/sessions", json={})).json()["id"]
+                first = await client_a.post(f"/sessions/{sid_a}/messages", json={"message": "x"})
+                # Server A got the 429 (and told the fleet); now B asks.
+                await eventually(
+                    lambda: sum(s.rate_limited for s in a.runtime.limiters.statistics()) == 1
+                )
+                second = await client_b.post(f"/sessions/{sid_b}/messages", json={"message": "y"})
+                for client, answer in ((client_a, first), (client_b, second)):
+                    await _until_done(client, answer.json()["id"])
+    refused, *later = fake.arrivals
+    assert refused.status == 429
+    assert len(later) == 2
+    # Server B never had a 429 of its own, yet it waited out the pause A was told of.
+    assert all(arrival.at - refused.at >= 0.9 for arrival in later)
+
+
+async def _until_done(client: httpx.AsyncClient, request_id: str) -> None:
+    async with asyncio.timeout(10):
+        response = await client.get(f"/requests/{request_id}/events", headers=SSE)
+    assert parse_sse(response.text)[-1]["event"] == "done"
+
+
+async def test_an_unreachable_redis_stops_start_up_with_its_url(
+    make_settings: MakeSettings,
+) -> None:
+    runtime = Runtime(make_settings(redis_url="redis://127.0.0.1:9/0"))
+    with pytest.raises(UsageError, match=r"Redis at 'redis://127\.0\.0\.1:9/0' does not answer"):
+        await runtime.start()
