@@ -14,10 +14,11 @@ import pytest
 
 from corral.errors import UsageError
 from corral.providers import RedisFleet
+from corral.providers.scripted import ScriptedProvider
 from corral.server import Runtime, load_config
 from tests.fake_llm import FakeOpenAI, Reply
 from tests.server.conftest import MakeSettings, started
-from tests.server.helpers import parse_sse
+from tests.server.helpers import HeldModel, parse_sse
 from tests.support import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -89,3 +90,46 @@ async def test_an_unreachable_redis_stops_start_up_with_its_url(
     runtime = Runtime(make_settings(redis_url="redis://127.0.0.1:9/0"))
     with pytest.raises(UsageError, match=r"Redis at 'redis://127\.0\.0\.1:9/0' does not answer"):
         await runtime.start()
+
+
+async def test_a_request_running_on_one_server_is_cancelled_through_another(
+    tmp_path: Path, make_settings: MakeSettings, redis_url: str
+) -> None:
+    # Two servers on one database (a shared SQLite file here; PostgreSQL in a deployment).
+    shared = tmp_path / "shared"
+    model = HeldModel()
+    provider = ScriptedProvider(script=model)
+    a_settings = make_settings(redis_url=redis_url, data_dir=shared)
+    b_settings = make_settings(redis_url=redis_url, data_dir=shared)
+    async with (
+        started(a_settings, provider=provider) as a,
+        started(b_settings, provider=provider) as b,
+    ):
+        async with a.client() as client_a, b.client() as client_b:
+            sid = (await client_a.post("/sessions", json={})).json()["id"]
+            held = (await send(client_a, sid, "one")).json()["id"]
+            await model.gate.wait_for(1)
+            # B sees the request running in the database, and has it cancelled where it runs.
+            assert (await client_b.get(f"/requests/{held}")).json()["status"] == "running"
+            assert (await client_b.delete(f"/requests/{held}")).json() == {"cancelled": 1}
+            events = parse_sse((await client_a.get(f"/requests/{held}/events", headers=SSE)).text)
+            assert events[-1]["event"] == "cancelled"
+            assert "DELETE /requests" in events[-1]["reason"]
+            # A request that ended is not cancelled twice, on any server.
+            assert (await client_b.delete(f"/requests/{held}")).json() == {"cancelled": 0}
+            # The session's requests, through B: both of A's held ones.
+            two = [(await send(client_a, sid, t)).json()["id"] for t in ("two", "three")]
+            await model.gate.wait_for(3)
+            assert (await client_b.post(f"/sessions/{sid}/cancel")).json() == {"cancelled": 2}
+            for request_id in two:
+                events = parse_sse(
+                    (await client_a.get(f"/requests/{request_id}/events", headers=SSE)).text
+                )
+                assert events[-1]["event"] == "cancelled"
+            # Another tenant cannot cancel through the fleet what it cannot see.
+            async with b.client("globex") as other:
+                assert (await other.post(f"/sessions/{sid}/cancel")).status_code == 404
+
+
+async def send(client: httpx.AsyncClient, sid: str, text: str) -> httpx.Response:
+    return await client.post(f"/sessions/{sid}/messages", json={"message": text})

@@ -174,6 +174,11 @@ class RedisFleet:
             raise UsageError(f"Redis at {url!r} does not answer: {exc}") from exc
         return cls(client, namespace=namespace, owns_client=True)
 
+    @property
+    def redis(self) -> Redis:
+        """The Redis client (other coordination of the fleet shares its pool)."""
+        return self._redis
+
     def _key(self, key: str) -> str:
         return self._prefix + key
 

@@ -43,6 +43,7 @@ from corral.server._agents import (
     build_registry,
     describe_provider,
 )
+from corral.server._fleet import CancelOrder, FleetCancel
 from corral.server._router import ProviderRouter
 from corral.server.config import ServerConfig
 from corral.server.settings import ServerSettings
@@ -171,6 +172,8 @@ class Runtime:
         self._in_flight_by_tenant: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
         self._mean_request_s = 1.0
+        self.fleet_cancel: FleetCancel | None = None
+        """Cancel orders for requests running on other servers (with `redis_url`)."""
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -222,6 +225,10 @@ class Runtime:
             fleet = await RedisFleet.connect(settings.redis_url)
             self._stack.push_async_callback(fleet.aclose)
             self.limiters.fleet = fleet
+            fleet_cancel = FleetCancel(fleet.redis, self._cancel_here)
+            await fleet_cancel.start()
+            self._stack.push_async_callback(fleet_cancel.aclose)
+            self.fleet_cancel = fleet_cancel
         routes = build_providers(
             self.config, self.limiters, self._stack, given=self._given_provider
         )
@@ -572,6 +579,24 @@ class Runtime:
             self._mean_request_s = 0.9 * self._mean_request_s + 0.1 * (time.monotonic() - started)
 
         handle.add_done_callback(ended)
+
+    def _cancel_here(self, order: CancelOrder) -> int:
+        """Cancel what this server runs of a fleet's cancel order; return how many."""
+        if order.kind == "request":
+            live = self.live(order.tenant_id, order.target)
+            return int(live is not None and live.handle.cancel(order.reason))
+        session = self.loaded(order.tenant_id, order.target)
+        return session.cancel_all(order.reason) if session is not None else 0
+
+    async def cancel(self, order: CancelOrder) -> int:
+        """Cancel a request or a session's requests, here and on the fleet's other servers.
+
+        The caller has checked the tenant owns the target. Returns how many were cancelled.
+        """
+        cancelled = self._cancel_here(order)
+        if self.fleet_cancel is not None and (order.kind == "session" or not cancelled):
+            cancelled += await self.fleet_cancel.cancel_elsewhere(order)
+        return cancelled
 
     def live(self, tenant_id: str, request_id: str) -> LiveRequest | None:
         """Return the tenant's request if it runs here or ended within the retention period."""

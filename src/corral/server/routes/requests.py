@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
+from corral.server._fleet import CancelOrder
 from corral.server._sse import last_event_id as resume_point
 from corral.server.routes._deps import RuntimeDep, TenantDep
 from corral.server.routes._render import event_stream, gone, record_out, request_out
@@ -64,9 +65,11 @@ async def request_events(
 @router.delete("/requests/{request_id}", response_model=CancelOut, responses=_NOT_FOUND)
 async def cancel_request(request_id: str, runtime: RuntimeDep, tenant: TenantDep) -> CancelOut:
     """Cancel one request; its stream ends with a `cancelled` event. 0 if it had ended."""
-    live = runtime.live(tenant.id, request_id)
-    if live is None:
-        await runtime.request_record(tenant.id, request_id)  # 404 unless it is the tenant's
-        return CancelOut(cancelled=0)
-    cancelled = live.handle.cancel(f"cancelled by DELETE /requests/{request_id}")
-    return CancelOut(cancelled=int(cancelled))
+    reason = f"cancelled by DELETE /requests/{request_id}"
+    if runtime.live(tenant.id, request_id) is None:
+        record = await runtime.request_record(tenant.id, request_id)  # 404 unless the tenant's
+        if record.status not in ("queued", "running"):
+            return CancelOut(cancelled=0)
+        # Running, but not here: on another server of the fleet, if there is one.
+    order = CancelOrder(tenant.id, "request", request_id, reason)
+    return CancelOut(cancelled=await runtime.cancel(order))

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 
+from corral.server._fleet import CancelOrder
 from corral.server._sse import last_event_id as resume_point
 from corral.server.routes._deps import RuntimeDep, TenantDep
 from corral.server.routes._render import (
@@ -158,6 +159,6 @@ async def send_message(
 async def cancel_session(session_id: str, runtime: RuntimeDep, tenant: TenantDep) -> CancelOut:
     """Cancel every request of the session in flight (running or queued)."""
     await runtime.store.get_session(tenant.id, session_id)
-    session = runtime.loaded(tenant.id, session_id)
-    cancelled = session.cancel_all("cancelled with every request of its session") if session else 0
-    return CancelOut(cancelled=cancelled)
+    reason = "cancelled with every request of its session"
+    order = CancelOrder(tenant.id, "session", session_id, reason)
+    return CancelOut(cancelled=await runtime.cancel(order))
