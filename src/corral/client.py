@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from corral._sse import SSEDecoder
 from corral.errors import CorralError, NotFound, SessionBusy, VersionConflict
 from corral.server.schemas import (
     AgentOut,
@@ -464,41 +465,28 @@ def _error(response: httpx.Response) -> APIError:
     return kind(message, status=status, body=body)
 
 
-async def _read_to_end(lines: AsyncIterator[str]) -> None:
+async def _read_to_end(chunks: AsyncIterator[bytes]) -> None:
     """Read what is left of a finished stream, briefly: if it does not end, it is closed."""
     with contextlib.suppress(TimeoutError, httpx.HTTPError):
         async with asyncio.timeout(_DRAIN_S):
-            async for _ in lines:
+            async for _ in chunks:
                 pass
 
 
 async def _parse(response: httpx.Response) -> AsyncIterator[ServerEvent]:
-    """Yield the events of an SSE body (comments and `retry:` are skipped).
+    """Yield the events of an SSE body (comments, `retry:` and events without an id skipped).
 
     Before the terminal event goes to the caller the rest of the body is read (the server ends
     the response right after it): a response read to its end leaves its connection in the pool
     for the next call, where one left half-read is closed.
     """
-    event_id: int | None = None
-    kind = "message"
-    data: list[str] = []
-    lines = response.aiter_lines()
-    async for line in lines:
-        if not line:
-            if data and event_id is not None:
-                event = ServerEvent(event_id, kind, json.loads("\n".join(data)))
-                if event.terminal:
-                    await _read_to_end(lines)
-                yield event
-            event_id, kind, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "id":
-            event_id = int(value) if value.isdigit() else None
-        elif name == "event":
-            kind = value
-        elif name == "data":
-            data.append(value)
+    decoder = SSEDecoder()
+    chunks = response.aiter_bytes()
+    async for chunk in chunks:
+        for sse in decoder.feed(chunk):
+            if sse.id is None or not sse.id.isdigit():
+                continue
+            event = ServerEvent(int(sse.id), sse.event, json.loads(sse.data))
+            if event.terminal:
+                await _read_to_end(chunks)
+            yield event

@@ -424,27 +424,6 @@ async def test_a_client_given_streams_through_the_sdk(fake: FakeOpenAI) -> None:
         await client.close()
 
 
-def test_sse_decoder_follows_the_spec_across_reads() -> None:
-    from corral.providers._wire import SSEDecoder
-
-    wire = (
-        b": a comment\r\n"
-        b'data: {"a": 1}\r\n\r\n'
-        b"event: error\rdata: line one\rdata:line two\r\r"
-        b"id: 7\nretry: 10\ndata: caf\xc3\xa9\n\n"
-        b"data: [DONE]"
-    )
-    want = [("message", '{"a": 1}'), ("error", "line one\nline two"), ("message", "café")]
-    # Whole, and cut at every byte (a CRLF and a UTF-8 character split between reads included).
-    for cut in range(len(wire) + 1):
-        decoder = SSEDecoder()
-        got = decoder.feed(wire[:cut]) + decoder.feed(wire[cut:])
-        got += decoder.close()
-        assert got == [*want, ("message", "[DONE]")], cut
-    # A field with no data dispatches nothing; a blank line alone neither.
-    assert SSEDecoder().feed(b"event: x\n\n\n") == []
-
-
 def test_the_direct_transport_takes_its_proxy_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

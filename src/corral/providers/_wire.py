@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import certifi
 
+from corral._sse import SSEDecoder
 from corral.errors import ProviderError, ProviderUnavailable
 from corral.providers._errors import (
     failed_connection,
@@ -36,65 +37,12 @@ from corral.providers._errors import (
     type_error,
 )
 
-__all__ = ["SSEDecoder", "WireClient"]
+__all__ = ["WireClient"]
 
 _DRAIN_S = 1.0
 """How long the end of a response is waited for after its `[DONE]`."""
 _ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error response read for its message; the rest is not needed to say what failed."""
-
-
-class SSEDecoder:
-    """Split a byte stream into server-sent events: `(event, data)` pairs, as the spec says.
-
-    Lines end with LF, CRLF or CR; a blank line dispatches the event; `data` lines are joined
-    with LF; comments (`:`) and unknown fields are skipped; `id` and `retry` are not needed by a
-    model stream and are skipped too. Bytes are split only at line ends, so a multi-byte UTF-8
-    character cut between two network reads is decoded whole.
-    """
-
-    __slots__ = ("_buffer", "_data", "_event")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        """Return the events that `chunk` completes (it may complete none, or several)."""
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
-            # A CR at the very end may be the first half of a CRLF: keep it for the next read.
-            keep_cr = buffer.endswith(b"\r")
-            if keep_cr:
-                buffer = buffer[:-1]
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if keep_cr:
-                buffer += b"\r"
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
-        events: list[tuple[str, str]] = []
-        for raw in lines:
-            if not raw:
-                if self._data:
-                    events.append((self._event or "message", "\n".join(self._data)))
-                self._event, self._data = "", []
-                continue
-            line = raw.decode("utf-8", errors="replace")
-            name, _, value = line.partition(":")
-            if value.startswith(" "):
-                value = value[1:]
-            if name == "data":
-                self._data.append(value)
-            elif name == "event":
-                self._event = value
-        return events
-
-    def close(self) -> list[tuple[str, str]]:
-        """Return the last event if the stream ended without its blank line."""
-        tail = self.feed(b"\n\n") if self._buffer or self._data else []
-        self._buffer = b""
-        return tail
 
 
 class WireClient:
@@ -151,14 +99,14 @@ class WireClient:
                     raise await _status_error(where, response)
                 decoder = SSEDecoder()
                 async for chunk in response.content.iter_any():
-                    for event, text in decoder.feed(chunk):
-                        if text == "[DONE]":
+                    for sse in decoder.feed(chunk):
+                        if sse.data == "[DONE]":
                             await _read_to_end(response)
                             return
-                        yield _chunk(where, event, text)
-                for event, text in decoder.close():
-                    if text != "[DONE]":
-                        yield _chunk(where, event, text)
+                        yield _chunk(where, sse.event, sse.data)
+                for sse in decoder.close():
+                    if sse.data != "[DONE]":
+                        yield _chunk(where, sse.event, sse.data)
         except ProviderError:
             raise
         except TimeoutError as exc:
