@@ -111,6 +111,10 @@ async def test_a_request_running_on_one_server_is_cancelled_through_another(
             await model.gate.wait_for(1)
             # B sees the request running in the database, and has it cancelled where it runs.
             assert (await client_b.get(f"/requests/{held}")).json()["status"] == "running"
+            # Its events are A's to serve: B says so instead of "no longer retained".
+            elsewhere = await client_b.get(f"/requests/{held}/events", headers=SSE)
+            assert elsewhere.status_code == 421
+            assert "runs on another server" in elsewhere.json()["detail"]
             assert (await client_b.delete(f"/requests/{held}")).json() == {"cancelled": 1}
             events = parse_sse((await client_a.get(f"/requests/{held}/events", headers=SSE)).text)
             assert events[-1]["event"] == "cancelled"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from corral.server._fleet import CancelOrder
 from corral.server._sse import last_event_id as resume_point
@@ -53,7 +53,16 @@ async def request_events(
     """Stream a request's events; a reconnecting client resumes after the last id it saw."""
     live = runtime.live(tenant.id, request_id)
     if live is None:
-        raise gone(await runtime.request_record(tenant.id, request_id))
+        record = await runtime.request_record(tenant.id, request_id)
+        if record.status in ("queued", "running"):
+            # In the database as running, but not here: another server of the fleet runs it.
+            raise HTTPException(
+                421,
+                f"request {request_id!r} runs on another server; its events are served there "
+                f"(route a session's calls to one server), GET /requests/{request_id} has its "
+                "state",
+            )
+        raise gone(record)
     return event_stream(
         runtime,
         live,
