@@ -124,3 +124,18 @@ async def test_an_unreachable_or_malformed_url_is_named() -> None:
         await RedisFleet.connect("redis://127.0.0.1:9/0", timeout_s=0.5)
     with pytest.raises(UsageError, match="invalid Redis URL"):
         await RedisFleet.connect("http://not-redis")
+
+
+async def test_a_long_pause_outlives_the_keys_idle_expiry(
+    servers: tuple[LimiterRegistry, LimiterRegistry],
+) -> None:
+    fleet = servers[0].fleet
+    assert isinstance(fleet, RedisFleet)
+    limits = RateLimits(rpm=60, tpm=600)
+    await fleet.pause(KEY, 90, limits)
+    await fleet.refund(KEY, 10, limits)  # touches the key: its expiry must still cover the pause
+    ttl_ms = await fleet.redis.pttl(fleet._key(KEY))
+    assert ttl_ms > 85_000
+    reserved = await fleet.reserve(KEY, 1, limits)
+    assert reserved is not None
+    assert reserved[1] > 85  # still paused, and said to be

@@ -52,6 +52,11 @@ local function level(name, rate, cap, now)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+-- Keep the key `ttl_ms` from now, and never less than a pause still running.
+local function keep(ttl_ms)
+  local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until') or 0)
+  redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ttl_ms), math.ceil((paused - now) * 1000)))
+end
 """
 
 # ARGV: rpm rate/s, rpm capacity, tpm rate/s, tpm capacity (0 rate: no such limit), tokens, ttl.
@@ -83,7 +88,7 @@ end
 if tpm_rate > 0 then
   redis.call('HSET', KEYS[1], 'tpm:level', tostring(tl - tokens), 'tpm:updated', tostring(tu))
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
+keep(ARGV[6])
 return '0 0'
 """
 )
@@ -102,7 +107,7 @@ if rpm_rate > 0 then
   redis.call('HSET', KEYS[1], 'rpm:level', tostring(math.min(rl, 0)),
              'rpm:updated', tostring(math.max(ru, pause_end)))
 end
-redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), math.ceil((pause_end - now) * 1000)))
+keep(ARGV[4])
 return tostring(pause_end)
 """
 )
@@ -115,7 +120,7 @@ local tpm_rate, tpm_cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local tl, tu = level('tpm', tpm_rate, tpm_cap, now)
 tl = math.min(tpm_cap, tl + tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'tpm:level', tostring(tl), 'tpm:updated', tostring(tu))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+keep(ARGV[4])
 return tostring(tl)
 """
 )
