@@ -38,7 +38,13 @@ from typing import TypeVar, cast
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
-from corral.state._engine import WRITE, PoolOptions, is_transient, make_sync_sqlite_engine
+from corral.state._engine import (
+    WRITE,
+    PoolOptions,
+    begin_immediate,
+    is_transient,
+    make_sync_sqlite_engine,
+)
 
 __all__ = ["CHECKPOINT_EVERY_S", "CHECKPOINT_WAL_BYTES", "SqliteRunner"]
 
@@ -69,6 +75,7 @@ class SqliteRunner:
             busy_timeout_s=0.0,
             autocheckpoint=False,
             recycle=False,
+            begin_event=False,  # `_write` begins its own: no execution events on the writer
         )
         self._reader_engine = make_sync_sqlite_engine(
             url, options, pool_size=options.pool_size, max_overflow=options.max_overflow
@@ -127,6 +134,7 @@ class SqliteRunner:
             try:
                 conn = self._writer_connection()
                 with conn.begin():
+                    begin_immediate(conn)
                     result = fn(conn)
                 self._writes += 1
                 return result
