@@ -59,3 +59,19 @@ async def test_the_fake_model_calls_both_tools_then_quotes_their_results() -> No
         ]
         assert "".join(pieces) == "add=5 multiply=-20"
         assert (await (await client.get("/stats")).json())["requests"] == 2
+
+
+def test_the_report_shows_loaded_levels_beside_the_verdict() -> None:
+    from corral.cli.bench_server._run import LevelFigures, ServerBenchFigures
+
+    def level(clients: int, cpu_ms: float) -> LevelFigures:
+        return LevelFigures(clients, 100, 10.0, (2.0, 9.0), (150.0, 170.0), 0, (), cpu_ms, 1.0, 1.0)
+
+    figures = ServerBenchFigures((level(1, 7.0), level(10, 3.5), level(200, 3.2)), None, 140, "db")
+    out = io.StringIO()
+    ok = report(figures, Console(file=out, width=160))
+    text = out.getvalue()
+    assert not ok  # the worst level (1 client, 7 ms) decides the verdict
+    assert "7.00 ms <= 5 ms" in text
+    assert "10 clients or more (worst)" in text
+    assert "3.50 ms" in text
