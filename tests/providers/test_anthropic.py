@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Literal, cast
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.providers.helpers import ADD, calls_of, drain, drain_into, request, t
 from tests.servers import free_port
 
 MODEL = "claude-fake-1"
+Transport = Literal["direct", "sdk"]
 
 
 @pytest.fixture
@@ -24,10 +26,18 @@ def fake() -> FakeAnthropic:
     return FakeAnthropic()
 
 
+@pytest.fixture(params=["direct", "sdk"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Every test that streams runs on both transports: they must behave alike."""
+    return cast(Transport, request.param)
+
+
 @pytest.fixture
-async def provider(fake: FakeAnthropic) -> AsyncIterator[AnthropicProvider]:
+async def provider(fake: FakeAnthropic, transport: Transport) -> AsyncIterator[AnthropicProvider]:
     async with fake.serve() as url:
-        async with AnthropicProvider(base_url=url, api_key="test", timeout_s=5) as provider:
+        async with AnthropicProvider(
+            base_url=url, api_key="test", timeout_s=5, transport=transport
+        ) as provider:
             yield provider
 
 
@@ -183,9 +193,11 @@ async def test_error_statuses_map_to_corral_errors(
     assert len(fake.arrivals) == 1  # the SDK's own retries are off
 
 
-async def test_connection_refused_is_unavailable() -> None:
+async def test_connection_refused_is_unavailable(transport: Transport) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    async with AnthropicProvider(base_url=url, api_key="k", timeout_s=2) as provider:
+    async with AnthropicProvider(
+        base_url=url, api_key="k", timeout_s=2, transport=transport
+    ) as provider:
         with pytest.raises(ProviderUnavailable, match="connection failed"):
             await drain(provider.stream(request(model=MODEL)))
 
@@ -223,3 +235,29 @@ async def test_a_rate_limit_error_event_is_rate_limited(
     fake.add(Reply(text="x", error_event="rate_limit_error"))
     with pytest.raises(RateLimited):
         await drain(provider.stream(request(model=MODEL)))
+
+
+async def test_both_transports_send_the_sdks_headers_and_body(fake: FakeAnthropic) -> None:
+    fake.add(Reply(text="a"), Reply(text="b"))
+    async with fake.serve() as url:
+        for transport in ("direct", "sdk"):
+            async with AnthropicProvider(
+                base_url=url, api_key="sk-both", transport=transport
+            ) as provider:
+                await drain(provider.stream(request(model=MODEL, temperature=0.5)))
+    direct, sdk = fake.headers
+    for name in ("authorization", "anthropic-version", "user-agent", "x-stainless-lang"):
+        assert direct[name] == sdk[name], name
+    # The same body, `extra_body` fields (temperature) merged in as the SDK merges them.
+    assert fake.bodies[0] == fake.bodies[1]
+    assert fake.bodies[0]["temperature"] == 0.5
+
+
+async def test_streams_one_after_another_share_one_connection(
+    fake: FakeAnthropic, provider: AnthropicProvider, transport: Transport
+) -> None:
+    fake.add(*(Reply(text=t, end_delay_s=0.05) for t in ("one", "two", "three")))
+    for want in ("one", "two", "three"):
+        assert text_of(await drain(provider.stream(request(model=MODEL)))) == want
+    if transport == "direct":  # read past message_stop to the end: the connection is kept
+        assert len(set(fake.client_ports)) == 1

@@ -8,7 +8,8 @@ of the provider, the agent and the request manager together. This path sends the
 the same headers (taken from the SDK client, so authentication, organization, project and the
 SDK's identification headers are its own) and reads the same stream for about a quarter of that.
 The SDK stays the transport for whole (non-streamed) answers, for a client the caller brings, and
-on request (`transport="sdk"`).
+on request (`transport="sdk"`). The Anthropic provider streams its Messages API over it the same
+way (its SDK builds a pydantic object per event, and its request path is the same as OpenAI's).
 
 What an HTTP status, a broken connection or an error event means is decided by `_errors`, the
 rules both providers share, so the two transports fail alike (the provider tests run on both).
@@ -22,7 +23,7 @@ import json
 import os
 import ssl
 import urllib.request
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -37,7 +38,7 @@ from corral.providers._errors import (
     type_error,
 )
 
-__all__ = ["WireClient"]
+__all__ = ["WireClient", "wire_client"]
 
 _DRAIN_S = 1.0
 """How long the end of a response is waited for after its `[DONE]`."""
@@ -81,9 +82,13 @@ class WireClient:
         return self._session
 
     async def stream(
-        self, body: Mapping[str, Any], where: str
+        self,
+        body: Mapping[str, Any],
+        where: str,
+        *,
+        last: Callable[[dict[str, Any]], bool] | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield each JSON object of the answer's stream until `[DONE]` or its end.
+        """Yield each JSON object of the answer's stream until `[DONE]`, `last(object)` or its end.
 
         Raises corral errors only (`where` names provider and model in them): the status rules
         of `_errors` for an HTTP error, `ProviderUnavailable` for a failed or cut connection, a
@@ -103,7 +108,13 @@ class WireClient:
                         if sse.data == "[DONE]":
                             await _read_to_end(response)
                             return
-                        yield _chunk(where, sse.event, sse.data)
+                        item = _chunk(where, sse.event, sse.data)
+                        if last is not None and last(item):
+                            # Read to the end first: a caller stops reading at its last event.
+                            await _read_to_end(response)
+                            yield item
+                            return
+                        yield item
                 for sse in decoder.close():
                     if sse.data != "[DONE]":
                         yield _chunk(where, sse.event, sse.data)
@@ -122,6 +133,19 @@ class WireClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def wire_client(client: Any, path: str, timeout_s: float) -> WireClient:
+    """Return the direct transport to an SDK client's endpoint `path`, with the SDK's headers.
+
+    `client` is an `openai.AsyncOpenAI` or `anthropic.AsyncAnthropic` made with a key: its
+    `default_headers` (identification, version, organization; unset ones are `Omit` values and
+    are left out) and `auth_headers`, and its `base_url`.
+    """
+    headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}
+    headers.update(client.auth_headers)
+    url = str(client.base_url).rstrip("/") + path
+    return WireClient(url, headers, timeout_s=timeout_s)
 
 
 def _tls_context() -> ssl.SSLContext:

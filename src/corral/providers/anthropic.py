@@ -1,17 +1,21 @@
-"""Anthropic's Messages API through the official SDK, streamed.
+"""Anthropic's Messages API, streamed.
 
 Text deltas, `tool_use` blocks whose `input_json_delta`s assemble into complete calls (a call is
-done at its `content_block_stop`), usage and the stop reason. SDK errors are mapped to corral's
-at one boundary (`_map_error`); the SDK's own retries are off, as `LimitedProvider` owns retries.
+done at its `content_block_stop`), usage and the stop reason. The official SDK builds the client
+(key, URL, version and headers); streams go over `_wire`'s direct aiohttp transport by default,
+with the SDK client's headers (see `_wire` for why), or through the SDK (`transport="sdk"`, and
+always for a client the caller brings). SDK errors are mapped to corral's at one boundary
+(`_map_error`); the SDK's own retries are off, as `LimitedProvider` owns retries.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import httpx2
@@ -28,6 +32,7 @@ from corral.providers._errors import (
     status_error,
     type_error,
 )
+from corral.providers._wire import WireClient, wire_client
 from corral.providers.base import (
     Finish,
     ModelCapabilities,
@@ -66,6 +71,9 @@ class AnthropicProvider(AsyncResource):
         timeout_s: Connect and read timeout of each request.
         max_tokens: The answer budget when the request sets none (the API requires one).
         capabilities: Overrides of the capability table, glob pattern to capabilities.
+        transport: How streams travel: "direct" (aiohttp, with the SDK client's URL and
+            headers; the default) or "sdk" (the SDK's own request path). A `client` given by
+            the caller always uses "sdk".
 
     One instance serves any number of concurrent streams.
     """
@@ -80,6 +88,7 @@ class AnthropicProvider(AsyncResource):
         timeout_s: float = 60.0,
         max_tokens: int = 4096,
         capabilities: Mapping[str, ModelCapabilities] | None = None,
+        transport: Literal["direct", "sdk"] | None = None,
     ) -> None:
         if max_tokens < 1:
             raise UsageError(f"max_tokens must be positive, got {max_tokens!r}")
@@ -98,7 +107,15 @@ class AnthropicProvider(AsyncResource):
                 http_client=anthropic.DefaultAioHttpClient(timeout=timeout_s),
             )
         else:
+            if transport == "direct":
+                raise UsageError(
+                    f"provider {name!r}: transport 'direct' needs no client; a client given "
+                    "streams through the SDK (transport='sdk')"
+                )
             self._client = client.with_options(max_retries=0)
+        self._wire: WireClient | None = None
+        if self._owns_client and transport != "sdk":
+            self._wire = wire_client(self._client, "/v1/messages", timeout_s)
         self._state = State.RUNNING
 
     def capabilities(self, model: str) -> ModelCapabilities:
@@ -119,11 +136,9 @@ class AnthropicProvider(AsyncResource):
         where = f"{self.name} model {request.model!r}"
         delivered = False
         try:
-            stream = await self._client.messages.create(**params, stream=True)
-            # `async with`: leaving early closes the response instead of leaving it streaming.
-            async with stream:
-                translator = _Translator(where)
-                async for raw in stream:
+            translator = _Translator(where)
+            async with aclosing(self._events(params, where)) as raws:
+                async for raw in raws:
                     for event in translator.feed(raw):
                         delivered = delivered or not isinstance(event, Usage)
                         yield event
@@ -141,6 +156,22 @@ class AnthropicProvider(AsyncResource):
             if error is exc:
                 raise
             raise error from exc
+
+    async def _events(self, params: dict[str, Any], where: str) -> AsyncGenerator[Any, None]:
+        """Yield the stream's events: the SDK's typed ones, or `_Fields` of the direct path."""
+        if self._wire is None:
+            stream = await self._client.messages.create(**params, stream=True)
+            # `async with`: leaving early closes the response instead of leaving it streaming.
+            async with stream:
+                async for raw in stream:
+                    yield raw
+            return
+        body = {**params, "stream": True}
+        body.update(body.pop("extra_body", None) or {})
+        chunks = self._wire.stream(body, where, last=_is_message_stop)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield _fields(chunk)
 
     def _params(self, request: ModelRequest, caps: ModelCapabilities) -> dict[str, Any]:
         system, messages = to_anthropic_messages(request.messages)
@@ -170,6 +201,8 @@ class AnthropicProvider(AsyncResource):
         if self._state is State.CLOSED:
             return
         self._state = State.CLOSED
+        if self._wire is not None:
+            await self._wire.aclose()
         if self._owns_client:
             await self._client.close()
 
@@ -337,6 +370,30 @@ class _Translator:
         stop = self._stop or "end_turn"
         events.append(Finish(_STOP_REASONS.get(stop, stop)))
         return events
+
+
+class _Fields(dict[str, Any]):
+    """A JSON object read by attribute, as the translator reads the SDK's typed events.
+
+    A field the server left out reads as None, as the SDK's optional fields do.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return self.get(name)
+
+
+def _fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _Fields({k: _fields(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_fields(v) for v in value]
+    return value
+
+
+def _is_message_stop(chunk: dict[str, Any]) -> bool:
+    return chunk.get("type") == "message_stop"
 
 
 def _input_tokens(usage: Any) -> int:

@@ -35,7 +35,7 @@ from corral.providers._errors import (
     status_error,
     type_error,
 )
-from corral.providers._wire import WireClient
+from corral.providers._wire import WireClient, wire_client
 from corral.providers.base import (
     Finish,
     ModelCapabilities,
@@ -120,7 +120,7 @@ class OpenAIProvider(AsyncResource):
             self._client = client.with_options(max_retries=0)
         self._wire: WireClient | None = None
         if self._owns_client and transport != "sdk":
-            self._wire = _wire_client(self._client, timeout_s)
+            self._wire = wire_client(self._client, "/chat/completions", timeout_s)
         self._state = State.RUNNING
 
     def capabilities(self, model: str) -> ModelCapabilities:
@@ -262,14 +262,6 @@ class OpenAIProvider(AsyncResource):
 
     def __repr__(self) -> str:
         return f"<OpenAIProvider {self.name!r} {self._client.base_url} state={self._state.value}>"
-
-
-def _wire_client(client: openai.AsyncOpenAI, timeout_s: float) -> WireClient:
-    """Return the direct transport for `client`'s endpoint, with the headers the SDK sends."""
-    headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}
-    headers.update(client.auth_headers)
-    url = str(client.base_url).rstrip("/") + "/chat/completions"
-    return WireClient(url, headers, timeout_s=timeout_s)
 
 
 def to_openai_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:

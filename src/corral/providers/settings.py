@@ -7,7 +7,7 @@ Environment variables (prefix `CORRAL_`) win over the file, which wins over the 
     CORRAL_BASE_URL=http://localhost:11434/v1
     CORRAL_API_KEY_ENV=OLLAMA_KEY     # the NAME of the variable holding the key
     CORRAL_RPM=500  CORRAL_TPM=200000  CORRAL_MAX_CONCURRENCY=16
-    CORRAL_TRANSPORT=sdk              # OpenAI streams through the SDK's request path
+    CORRAL_TRANSPORT=sdk              # streams through the SDK's own request path
     CORRAL_CONFIG=corral.toml         # the file, whose [provider] table has the same keys
 
 The key itself never goes in a file or a setting: only the name of the variable that holds it.
@@ -75,8 +75,8 @@ class ProviderSettings(BaseSettings):
     max_attempts: int = Field(default=4, ge=1)
     transport: Literal["direct", "sdk"] = Field(
         default="direct",
-        description="How OpenAI-compatible streams travel: 'direct' (aiohttp with the SDK "
-        "client's headers, a quarter of the CPU) or 'sdk' (the SDK's own request path).",
+        description="How model streams travel: 'direct' (aiohttp with the SDK client's "
+        "headers, a quarter of the CPU) or 'sdk' (the SDK's own request path).",
     )
 
     @model_validator(mode="before")
@@ -184,7 +184,10 @@ def provider_from_settings(
         from corral.providers.anthropic import AnthropicProvider
 
         inner = AnthropicProvider(
-            base_url=settings.base_url, api_key=api_key, timeout_s=settings.timeout_s
+            base_url=settings.base_url,
+            api_key=api_key,
+            timeout_s=settings.timeout_s,
+            transport=settings.transport,
         )
     from corral.providers._limited import LimitedProvider
     from corral.providers._ratelimit import RateLimits
