@@ -137,3 +137,33 @@ async def test_a_request_running_on_one_server_is_cancelled_through_another(
 
 async def send(client: httpx.AsyncClient, sid: str, text: str) -> httpx.Response:
     return await client.post(f"/sessions/{sid}/messages", json={"message": text})
+
+
+async def test_cancel_orders_survive_a_dropped_redis_connection(redis_url: str) -> None:
+    from corral.server._fleet import CancelOrder, FleetCancel
+
+    fleet = await RedisFleet.connect(redis_url)
+    orders: list[CancelOrder] = []
+
+    def cancel_here(order: CancelOrder) -> int:
+        orders.append(order)
+        return 1
+
+    receiver = FleetCancel(fleet.redis, cancel_here, reply_timeout_s=2.0)
+    await receiver.start()
+    try:
+        order = CancelOrder("acme", "request", "req_1", "test")
+        assert await receiver.cancel_elsewhere(order) == 1
+        # Redis drops the subscriber's connection (a restart, a proxy, CLIENT KILL): the
+        # listener reconnects, subscribes again, and the next order still arrives.
+        assert await fleet.redis.client_kill_filter(_type="pubsub") >= 1
+        for _ in range(50):  # orders sent while it reconnects find nobody: try for 10 s
+            if await receiver.cancel_elsewhere(order) == 1:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the listener did not come back after its connection dropped")
+        assert len(orders) >= 2
+    finally:
+        await receiver.aclose()
+        await fleet.aclose()
