@@ -107,7 +107,6 @@ class RuntimeStatistics:
     manager: ManagerStatistics
     store: StoreStatistics
     providers: tuple[LimiterStatistics, ...]
-    live_requests: int
     requests_in_flight: int
     """Agent requests admitted and not yet ended (what `max_requests` bounds)."""
     requests_refused: Mapping[str, int]
@@ -594,9 +593,11 @@ class Runtime:
         The caller has checked the tenant owns the target. Returns how many were cancelled.
         """
         cancelled = self._cancel_here(order)
-        if self.fleet_cancel is not None and (order.kind == "session" or not cancelled):
-            cancelled += await self.fleet_cancel.cancel_elsewhere(order)
-        return cancelled
+        if self.fleet_cancel is None:
+            return cancelled
+        if order.kind == "request" and self.live(order.tenant_id, order.target) is not None:
+            return cancelled  # it runs (or ran) here: no other server has it
+        return cancelled + await self.fleet_cancel.cancel_elsewhere(order)
 
     def live(self, tenant_id: str, request_id: str) -> LiveRequest | None:
         """Return the tenant's request if it runs here or ended within the retention period."""
@@ -667,7 +668,6 @@ class Runtime:
             manager=self.manager.statistics(),
             store=self.store.statistics(),
             providers=self.limiters.statistics(),
-            live_requests=sum(1 for r in self._live.values() if not r.handle.done()),
             requests_in_flight=self._in_flight,
             requests_refused=dict(self._refused),
             sse_streams=self.sse_streams,
