@@ -381,6 +381,8 @@ class _Fields(dict[str, Any]):
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)  # copy, pickle and friends probe for these
         return self.get(name)
 
 
