@@ -329,7 +329,8 @@ def _update_request(allowed: tuple[RequestStatus, ...], names: tuple[str, ...]) 
         .where(
             requests.c.tenant_id == sa.bindparam("b_tenant"),
             requests.c.id == sa.bindparam("b_id"),
-            requests.c.status.in_(allowed),
+            # One bind per status, not an "expanding" IN: the statement compiles once, whole.
+            requests.c.status.in_([sa.literal(status) for status in allowed]),
         )
         .values({name: sa.bindparam(f"b_{name}") for name in names})
         .returning(requests)

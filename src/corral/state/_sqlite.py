@@ -38,6 +38,7 @@ from typing import TypeVar, cast
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
+from corral.state._driver import DriverConnection
 from corral.state._engine import (
     WRITE,
     PoolOptions,
@@ -133,9 +134,15 @@ class SqliteRunner:
         while True:
             try:
                 conn = self._writer_connection()
-                with conn.begin():
-                    begin_immediate(conn)
-                    result = fn(conn)
+                dbapi = conn.connection.dbapi_connection
+                begin_immediate(conn)
+                try:
+                    # The statements run on the driver (see _driver.py), in this transaction.
+                    result = fn(DriverConnection(dbapi, conn.dialect))  # type: ignore[arg-type]
+                    dbapi.commit()  # type: ignore[union-attr]
+                except BaseException:
+                    dbapi.rollback()  # type: ignore[union-attr]
+                    raise
                 self._writes += 1
                 return result
             except sa_exc.DBAPIError as exc:
