@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from corral import Message, UsageError
 from corral.errors import StateError
 from corral.state import SqlStore
+from corral.state._sqlite import SqliteRunner
 from tests.state.conftest import sqlite_url
 
 
@@ -251,6 +252,22 @@ async def test_sqlite_reruns_a_write_while_another_process_holds_the_lock(
         logger.removeHandler(spy)
 
 
+async def test_sqlite_a_writer_connection_closed_under_the_store_is_replaced(
+    sqlite_store: SqlStore,
+) -> None:
+    tenant = await sqlite_store.create_tenant("acme")
+    runner = sqlite_store._engine
+    assert isinstance(runner, SqliteRunner)
+    writer = runner._writer
+    assert writer is not None
+    writer.connection.dbapi_connection.close()  # type: ignore[union-attr]
+    # The next write finds its connection gone, takes a new one and runs again: nothing lost.
+    session = await sqlite_store.create_session(tenant.id)
+    assert runner._writer is not writer
+    assert (await sqlite_store.get_session(tenant.id, session.id)).id == session.id
+    assert (await sqlite_store.create_session(tenant.id)).id != session.id
+
+
 async def test_sqlite_gives_up_on_a_lock_that_is_never_released(
     sqlite_store: SqlStore, tmp_path: Path
 ) -> None:
@@ -327,8 +344,6 @@ async def test_a_missing_table_is_a_state_error_chained_to_the_cause(tmp_path: P
 
 
 async def test_a_pool_with_no_free_connection_times_out_as_a_state_error(sql_url: str) -> None:
-    from corral.state._sqlite import SqliteRunner
-
     store = await SqlStore.connect(
         sql_url, upgrade=True, pool_size=1, max_overflow=0, pool_timeout_s=0.1
     )

@@ -138,7 +138,11 @@ class DriverConnection:
             return DriverResult(self._rows(plan, cursor))
         except self._dialect.loaded_dbapi.Error as exc:
             raise sa_exc.DBAPIError.instance(
-                plan.sql, bound, exc, self._dialect.loaded_dbapi.Error
+                plan.sql,
+                bound,
+                exc,
+                self._dialect.loaded_dbapi.Error,
+                connection_invalidated=self._dialect.is_disconnect(exc, self._dbapi, cursor),
             ) from exc
         finally:
             cursor.close()

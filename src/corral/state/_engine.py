@@ -261,16 +261,22 @@ def begin_immediate(connection: sa.Connection) -> None:
     driver commits whatever transaction is open). A lock held by another connection fails at
     once (the writer's busy timeout is 0) as an `OperationalError` that `is_transient` knows.
     """
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    raw = connection.connection.dbapi_connection
+    dialect = connection.dialect
     try:
-        cursor.execute("BEGIN IMMEDIATE")
-    except Exception as exc:
-        dbapi = connection.dialect.loaded_dbapi
-        if isinstance(exc, dbapi.Error):
-            raise sa_exc.DBAPIError.instance("BEGIN IMMEDIATE", None, exc, dbapi.Error) from exc
-        raise
-    finally:
-        cursor.close()
+        cursor = raw.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        finally:
+            cursor.close()
+    except dialect.loaded_dbapi.Error as exc:
+        raise sa_exc.DBAPIError.instance(
+            "BEGIN IMMEDIATE",
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dialect.is_disconnect(exc, raw, None),
+        ) from exc
 
 
 def _orig(exc: BaseException) -> BaseException | None:

@@ -131,6 +131,7 @@ class SqliteRunner:
     async def _write(self, fn: Callable[[sa.Connection], T]) -> T:
         deadline = time.monotonic() + self._busy_timeout_s
         delay = _LOCKED_FIRST_S
+        reconnected = False
         while True:
             try:
                 conn = self._writer_connection()
@@ -141,11 +142,20 @@ class SqliteRunner:
                     result = fn(DriverConnection(dbapi, conn.dialect))  # type: ignore[arg-type]
                     dbapi.commit()  # type: ignore[union-attr]
                 except BaseException:
-                    dbapi.rollback()  # type: ignore[union-attr]
+                    # A connection that broke cannot roll back; the first error is the one.
+                    with contextlib.suppress(Exception):
+                        dbapi.rollback()  # type: ignore[union-attr]
                     raise
                 self._writes += 1
                 return result
             except sa_exc.DBAPIError as exc:
+                if exc.connection_invalidated and not reconnected:
+                    # The connection is gone (closed under us): nothing of this transaction was
+                    # committed, so it runs again, once, on a new one.
+                    if self._writer is not None:
+                        self._writer.invalidate()
+                    reconnected = True
+                    continue
                 # Another process holds the write lock: wait for it as busy_timeout would, but
                 # asleep on the loop, not in SQLite.
                 if not is_transient(exc) or time.monotonic() + delay > deadline:
