@@ -34,6 +34,8 @@ __all__ = [
     "check_patch",
     "check_scope",
     "check_text",
+    "check_versioned_write",
+    "check_write",
     "conflict",
     "decode_json",
     "decode_message",
@@ -97,6 +99,29 @@ def check_text(value: object, what: str, *, max_len: int = 200, empty: bool = Fa
         need = "a string" if empty else "a non-empty string"
         raise UsageError(f"{what} must be {need} of at most {max_len} characters, got {value!r}")
     return value
+
+
+def check_write(scope: object, key: object, writer: object) -> str:
+    """Check a memory write's scope, key and writer (in that order); return the writer.
+
+    Both stores run these checks before anything else, so a bad call fails alike on each.
+    """
+    check_scope(scope)
+    check_key(key)
+    return check_text(writer, "writer")
+
+
+def check_versioned_write(
+    scope: object, key: object, if_version: object, writer: object, *, create_allowed: bool
+) -> tuple[int | None, str]:
+    """Check a conditional write's scope, key, precondition and writer, in that order.
+
+    Returns the expected version (None: create) and the writer.
+    """
+    check_scope(scope)
+    check_key(key)
+    expected = check_if_version(if_version, create_allowed=create_allowed)
+    return expected, check_text(writer, "writer")
 
 
 def check_if_version(if_version: object, *, create_allowed: bool) -> int | None:

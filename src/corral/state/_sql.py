@@ -542,10 +542,9 @@ class SqlStore(AsyncResource):
         kind: MemoryKind = "json",
     ) -> MemoryRecord:
         """Write a value if the key is at `if_version` (None: create it)."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        expected = _rules.check_if_version(if_version, create_allowed=True)
-        writer = _rules.check_text(writer, "writer")
+        expected, writer = _rules.check_versioned_write(
+            scope, key, if_version, writer, create_allowed=True
+        )
         kind = _rules.check_kind(kind, value)
         text = _rules.encode_json(value, f"the value of memory key {key!r}")
         if expected is None:
@@ -567,11 +566,10 @@ class SqlStore(AsyncResource):
         writer: str,
     ) -> MemoryRecord:
         """Apply an RFC 7386 merge patch to a "json" value at `if_version`."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        expected = _rules.check_if_version(if_version, create_allowed=False)
+        expected, writer = _rules.check_versioned_write(
+            scope, key, if_version, writer, create_allowed=False
+        )
         assert expected is not None
-        writer = _rules.check_text(writer, "writer")
         patch = _rules.check_patch(patch)
         _rules.encode_json(dict(patch), f"the patch of memory key {key!r}")
         return await self._memory_write(
@@ -582,9 +580,7 @@ class SqlStore(AsyncResource):
         self, tenant_id: str, scope: str, key: str, item: JSONValue, *, writer: str
     ) -> MemoryRecord:
         """Append `item` to the list at `key` (created if absent); never loses an append."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        writer = _rules.check_text(writer, "writer")
+        writer = _rules.check_write(scope, key, writer)
         _rules.encode_json(item, f"the item appended to memory key {key!r}")
         return await self._memory_write(
             "appending to",
@@ -598,9 +594,7 @@ class SqlStore(AsyncResource):
         self, tenant_id: str, scope: str, key: str, by: int | float = 1, *, writer: str
     ) -> MemoryRecord:
         """Add `by` to the number at `key` (created if absent); never loses an increment."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        writer = _rules.check_text(writer, "writer")
+        writer = _rules.check_write(scope, key, writer)
         by = _rules.check_number(by)
         return await self._memory_write(
             "incrementing",
@@ -614,11 +608,10 @@ class SqlStore(AsyncResource):
         self, tenant_id: str, scope: str, key: str, *, if_version: int, writer: str
     ) -> int:
         """Delete the key if it is at `if_version`; return the deletion's version."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        expected = _rules.check_if_version(if_version, create_allowed=False)
+        expected, writer = _rules.check_versioned_write(
+            scope, key, if_version, writer, create_allowed=False
+        )
         assert expected is not None
-        writer = _rules.check_text(writer, "writer")
         return await self._memory_write(
             "deleting", tenant_id, scope, key, lambda m: m.delete(expected, writer)
         )

@@ -390,10 +390,9 @@ class MemoryStore(AsyncResource):
         kind: MemoryKind = "json",
     ) -> MemoryRecord:
         """Write a value if the key is at `if_version` (None: create it)."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        expected = _rules.check_if_version(if_version, create_allowed=True)
-        writer = _rules.check_text(writer, "writer")
+        expected, writer = _rules.check_versioned_write(
+            scope, key, if_version, writer, create_allowed=True
+        )
         kind = _rules.check_kind(kind, value)
         text = _rules.encode_json(value, f"the value of memory key {key!r}")
         async with self._call():
@@ -422,10 +421,9 @@ class MemoryStore(AsyncResource):
         writer: str,
     ) -> MemoryRecord:
         """Apply an RFC 7386 merge patch to a "json" value at `if_version`."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        expected = _rules.check_if_version(if_version, create_allowed=False)
-        writer = _rules.check_text(writer, "writer")
+        expected, writer = _rules.check_versioned_write(
+            scope, key, if_version, writer, create_allowed=False
+        )
         patch = _rules.check_patch(patch)
         _rules.encode_json(dict(patch), f"the patch of memory key {key!r}")
         async with self._call():
@@ -443,9 +441,7 @@ class MemoryStore(AsyncResource):
         self, tenant_id: str, scope: str, key: str, item: JSONValue, *, writer: str
     ) -> MemoryRecord:
         """Append `item` to the list at `key` (created if absent); never loses an append."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        writer = _rules.check_text(writer, "writer")
+        writer = _rules.check_write(scope, key, writer)
         _rules.encode_json(item, f"the item appended to memory key {key!r}")
         async with self._call():
             value = _rules.appended(self._live(tenant_id, scope, key), item)
@@ -459,9 +455,7 @@ class MemoryStore(AsyncResource):
         self, tenant_id: str, scope: str, key: str, by: int | float = 1, *, writer: str
     ) -> MemoryRecord:
         """Add `by` to the number at `key` (created if absent); never loses an increment."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        writer = _rules.check_text(writer, "writer")
+        writer = _rules.check_write(scope, key, writer)
         by = _rules.check_number(by)
         async with self._call():
             value = _rules.incremented(self._live(tenant_id, scope, key), by)
@@ -475,10 +469,9 @@ class MemoryStore(AsyncResource):
         self, tenant_id: str, scope: str, key: str, *, if_version: int, writer: str
     ) -> int:
         """Delete the key if it is at `if_version`; return the deletion's version."""
-        _rules.check_scope(scope)
-        _rules.check_key(key)
-        expected = _rules.check_if_version(if_version, create_allowed=False)
-        writer = _rules.check_text(writer, "writer")
+        expected, writer = _rules.check_versioned_write(
+            scope, key, if_version, writer, create_allowed=False
+        )
         async with self._call():
             current = self._live(tenant_id, scope, key)
             if current is None or current.version != expected:
