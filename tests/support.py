@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def add(a: float, b: float) -> float:
@@ -166,6 +167,28 @@ async def eventually(
                 await asyncio.sleep(0.001)
     except TimeoutError:
         raise AssertionError(f"{what} did not hold within {timeout_s} s") from None
+
+
+@contextmanager
+def unclosed_async_generators() -> Iterator[list[str]]:
+    """Collect the qualified names of async generators left for the garbage collector.
+
+    An async generator dropped while suspended is closed by the loop's finalizer hook in a task
+    of its own, later: its cleanup runs out of order and costs a task and a loop wake-up.
+    """
+    found: list[str] = []
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+
+    def record(agen: Any) -> None:
+        found.append(agen.__qualname__)
+        if finalizer is not None:
+            finalizer(agen)
+
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=record)
+    try:
+        yield found
+    finally:
+        sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
 
 
 class Timeline:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,6 +23,7 @@ from corral.requests import (
     StreamFailed,
 )
 from corral.testing import ManualClock
+from tests.support import unclosed_async_generators
 
 
 class FakeProvider:
@@ -333,3 +335,13 @@ async def test_the_manager_is_itself_a_provider() -> None:
         with pytest.raises(ProviderUnavailable.__mro__[1]):  # ProviderError
             await complete(manager, req("fails"))
         await assert_idle(manager)
+
+
+async def test_the_manager_as_a_provider_closes_its_subscription() -> None:
+    from corral.providers import complete
+
+    async with RequestManager(FakeProvider(chunks=3)) as manager:
+        with unclosed_async_generators() as unclosed:
+            await complete(manager, req())
+            gc.collect()
+        assert unclosed == []

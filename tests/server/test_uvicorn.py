@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 
 from corral.client import AsyncClient, ServerEvent
 from corral.providers import Provider
@@ -221,3 +222,27 @@ async def test_server_stops_when_nothing_runs(make_settings: MakeSettings) -> No
         async with httpx.AsyncClient() as http:
             response = await http.get(f"{live.url}/healthz")
             raise AssertionError(f"the server still answers: {response.status_code}")
+
+
+async def test_the_server_ticks_rarely_and_stops_as_soon_as_it_is_told(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tick an hour long: the server below stops only because the exit order wakes it.
+    monkeypatch.setattr(CorralServer, "TICK_S", 3600.0)
+    ticks = 0
+    on_tick = CorralServer.on_tick
+
+    async def counted(self: CorralServer, counter: int) -> bool:
+        nonlocal ticks
+        ticks += 1
+        return await on_tick(self, counter)
+
+    monkeypatch.setattr(CorralServer, "on_tick", counted)
+    async with serving(settings_for(make_settings), ScriptedProvider()) as live:
+        async with live.http() as http:
+            response = await http.get("/healthz")
+        assert response.status_code == 200
+        assert response.headers["date"].endswith(" GMT")  # set by the first tick
+        assert ticks == 1
+    # `serving` sets should_exit on the way out and gives the server 15 s to stop: an hour's
+    # tick would fail it, had the order not woken the loop.

@@ -301,13 +301,16 @@ class RequestManager(AsyncResource):
             QueueFull, RequestCancelled, RequestExpired, ProviderError: as `RequestHandle.result`.
         """
         handle = self.submit(request)
+        # Closed here, not left to the garbage collector: the terminal event ends the loop
+        # with the generator still suspended, and a finalized one costs a task and a loop wake.
         try:
-            async for _, event in handle.events():
-                if isinstance(event, StreamDone):
-                    return
-                if isinstance(event, StreamCancelled | StreamFailed):
-                    _assemble(handle.id, [event])  # raises the matching error
-                yield event  # type: ignore[misc]
+            async with contextlib.aclosing(handle.events()) as events:
+                async for _, event in events:
+                    if isinstance(event, StreamDone):
+                        return
+                    if isinstance(event, StreamCancelled | StreamFailed):
+                        _assemble(handle.id, [event])  # raises the matching error
+                    yield event  # type: ignore[misc]
         finally:
             handle.cancel()
 

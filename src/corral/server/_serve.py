@@ -10,8 +10,10 @@ cancelled and every stream ends with its final event; then uvicorn closes the co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 
 import uvicorn
@@ -35,9 +37,45 @@ class CorralServer(uvicorn.Server):
         *,
         on_started: Callable[[CorralServer], None] | None = None,
     ) -> None:
+        self._should_exit = False
+        self._wake: Callable[[], object] | None = None
         super().__init__(config)
         self.runtime = runtime
         self._on_started = on_started
+
+    @property
+    def should_exit(self) -> bool:
+        """Whether the server was asked to stop; setting it wakes the main loop at once."""
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        if value and self._wake is not None:
+            self._wake()  # thread-safe: signal handlers and other threads set it too
+
+    TICK_S = 1.0
+    """How often the main loop wakes: uvicorn's date header has a resolution of one second."""
+
+    async def main_loop(self) -> None:
+        """Tick once a second, on the second, and stop as soon as `should_exit` is set.
+
+        uvicorn's own loop wakes every 100 ms to look at `should_exit`: ten wake-ups a second
+        of an idle server, each costing a cold burst of CPU. Here an exit order wakes it.
+        """
+        loop = asyncio.get_running_loop()
+        ordered = asyncio.Event()
+        self._wake = lambda: loop.call_soon_threadsafe(ordered.set)
+        try:
+            counter = 0  # a multiple of 10: every tick refreshes the date header
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000
+                wait_s = self.TICK_S - time.time() % self.TICK_S
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await ordered.wait()
+        finally:
+            self._wake = None
 
     @property
     def url(self) -> str:
