@@ -345,3 +345,76 @@ async def test_the_manager_as_a_provider_closes_its_subscription() -> None:
             await complete(manager, req())
             gc.collect()
         assert unclosed == []
+
+
+async def test_the_janitor_wakes_when_something_can_expire_and_not_before() -> None:
+    clock = ManualClock()
+    naps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        await clock.sleep(seconds)
+
+    manager = RequestManager(
+        FakeProvider(chunks=2),
+        janitor_interval_s=1,
+        retention_s=30,
+        queue_timeout_s=60,
+        processing_timeout_s=600,
+        clock=clock,
+        sleep=sleep,
+    )
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async with manager:
+        await settle()
+        assert naps == []  # nothing submitted: no round is timed
+        await drain(manager.submit(req()))
+        await settle()
+        # It finished at 0: the janitor's round is timed for its log's retention (30 s), not
+        # for the next second.
+        assert naps == [30]
+        clock.advance(29)
+        await settle()
+        assert manager.statistics().retained == 1
+        assert naps == [30]
+        clock.advance(2)
+        await settle()
+        assert manager.statistics().retained == 0  # dropped by the janitor's own round
+        assert naps == [30]
+        assert clock.sleepers == 0  # and it waits for the next request
+        rounds = len(naps)
+        await drain(manager.submit(req("again")))
+        await settle()
+        assert len(naps) == rounds + 1
+
+
+async def test_a_request_submitted_while_the_janitor_sleeps_long_is_reaped_in_time() -> None:
+    clock = ManualClock()
+    provider = FakeProvider(chunks=3)
+    manager = RequestManager(
+        provider,
+        max_concurrent_requests=1,
+        queue_timeout_s=5,
+        retention_s=300,
+        janitor_interval_s=1,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    async with manager:
+        await drain(manager.submit(req("first")))  # its log is kept 300 s
+        provider.step = asyncio.Event()
+        manager.submit(req("long"))
+        await provider.started.wait()
+        waiting = manager.submit(req("waits"))  # at most 5 s in the queue
+        for _ in range(7):
+            clock.advance(1)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        events = await drain(waiting)
+        assert isinstance(events[-1], StreamFailed)
+        assert "timed out in queue" in events[-1].error.message
+        assert manager.statistics().reaped == 1

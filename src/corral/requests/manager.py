@@ -166,7 +166,8 @@ class RequestManager(AsyncResource):
         cache_ttl_s: Keep completed answers this long for identical requests; None: no cache.
         cache_max_entries: Bound on cached answers (least recently used go first).
         retention_s: How long a finished request's log stays for late joiners and resumption.
-        janitor_interval_s: How often the janitor looks.
+        janitor_interval_s: The janitor's finest step: it looks when something can expire, at
+            most this late, and never more often.
         clock: Time source of every timeout and retention (inject a manual one in tests).
         sleep: How the janitor waits between rounds (inject the manual clock's `sleep`).
     """
@@ -221,6 +222,7 @@ class RequestManager(AsyncResource):
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._janitor: asyncio.Task[None] | None = None
+        self._has_work = asyncio.Event()
         self._mean_run_s = 1.0
         self._dedup_hits = 0
         self._cache_hits = 0
@@ -268,6 +270,7 @@ class RequestManager(AsyncResource):
                 self._inflight[key] = flight
             self._queue.append(flight)
         self._by_id[request_id] = flight
+        self._has_work.set()
         handle = RequestHandle(self, flight, request_id)
         self._dispatch()
         return handle
@@ -467,9 +470,43 @@ class RequestManager(AsyncResource):
         self._reaped += ended
         return ended
 
+    def _next_round_in(self) -> float | None:
+        """Seconds until something can next expire (at least the interval); None: nothing can.
+
+        Bounded by the shortest timeout, so that what is submitted, started or finished while
+        the janitor sleeps is looked at in time: its deadline is at least that far away.
+        """
+        now = self._clock.monotonic()
+        dues = [f.enqueued_at + self._queue_timeout_s for f in self._queue]
+        dues += [
+            f.started_at + self._processing_timeout_s
+            for f in self._running
+            if f.started_at is not None and f.terminal is None
+        ]
+        for flight in self._by_id.values():
+            if flight.state is FlightState.DONE and flight.finished_at is not None:
+                # Held by a subscriber: looked at each interval until it is let go.
+                held = flight.handles > 0
+                dues.append(now if held else flight.finished_at + self._retention_s)
+        dues += [expires_at for expires_at, _ in self._cache.values()]
+        if not dues and not self._by_id:
+            return None
+        bounds = [self._queue_timeout_s, self._processing_timeout_s, self._retention_s]
+        if self._cache_ttl_s is not None:
+            bounds.append(self._cache_ttl_s)
+        wait = min(dues, default=now + min(bounds)) - now
+        return min(max(wait, self._janitor_interval_s), max(min(bounds), self._janitor_interval_s))
+
     async def _janitor_loop(self) -> None:
+        # Rounds come when something can expire, not on a fixed beat: an idle server, or one
+        # whose requests are far from every deadline, is not woken for nothing.
         while True:
-            await self._sleep(self._janitor_interval_s)
+            wait = self._next_round_in()
+            if wait is None:
+                self._has_work.clear()
+                await self._has_work.wait()  # set by the next submit
+                continue
+            await self._sleep(wait)
             self.reap()
 
     # -- statistics and closing ----------------------------------------------------------------

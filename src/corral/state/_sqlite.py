@@ -20,7 +20,8 @@ of work, most of it Python (SQLAlchemy) that holds the GIL wherever it runs.
   GIL, so reads never stall the loop. WAL: readers never block the writer, nor it them.
 - The checkpointer: once the WAL has grown past `CHECKPOINT_WAL_BYTES` (SQLite's own default
   cadence, 1,000 pages), a PASSIVE checkpoint copies it into the database from a reader thread
-  (looked at every `CHECKPOINT_EVERY_S` after writes), so no write pays for it.
+  (looked at `CHECKPOINT_EVERY_S` after a write, then as often while writes go on; an idle store
+  does not wake), so no write pays for it.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class SqliteRunner:
         # One thread per connection the readers' pool may lend, so a read never waits in the
         # pool while holding a thread.
         self._reads = ThreadPoolExecutor(readers, thread_name_prefix="corral-sqlite-reader")
-        self._writes = 0
+        self._written = asyncio.Event()
         self._checkpointer: asyncio.Task[None] | None = None
         self._wal = Path(f"{url.database}-wal")
 
@@ -146,7 +147,7 @@ class SqliteRunner:
                     with contextlib.suppress(Exception):
                         dbapi.rollback()  # type: ignore[union-attr]
                     raise
-                self._writes += 1
+                self._written.set()
                 return result
             except sa_exc.DBAPIError as exc:
                 if exc.connection_invalidated and not reconnected:
@@ -175,18 +176,17 @@ class SqliteRunner:
             return fn(conn)
 
     async def _checkpoints(self) -> None:
-        checkpointed = 0
         while True:
+            # Woken by a write, then once a second while writes go on: an idle store sleeps.
+            await self._written.wait()
+            self._written.clear()
             await asyncio.sleep(CHECKPOINT_EVERY_S)
-            if self._writes == checkpointed:
-                continue
             try:
                 size = self._wal.stat().st_size
             except OSError:
                 continue  # no WAL file (yet): nothing to copy
             if size < CHECKPOINT_WAL_BYTES:
                 continue
-            checkpointed = self._writes
             try:
                 await self.checkpoint()
             except Exception:  # a failed checkpoint loses nothing: the next one catches up
