@@ -19,6 +19,7 @@ from collections.abc import Callable
 import uvicorn
 
 from corral.providers import Provider
+from corral.server._http import CoalescingHTTPProtocol
 from corral.server._runtime import Runtime
 from corral.server.app import create_app
 from corral.server.config import ServerConfig
@@ -129,6 +130,7 @@ async def serve(
             # After the drain, connections still open (idle keep-alives, stuck clients) get
             # this long before uvicorn cancels them.
             timeout_graceful_shutdown=5,
+            http=CoalescingHTTPProtocol,
         )
         server = CorralServer(uv_config, runtime, on_started=on_started)
         if not install_signal_handlers:

@@ -164,11 +164,14 @@ class EventStream(Response):
             if not isinstance(event, TerminalEvent) and take_ready is not None:
                 # Whatever else is in the log already goes out in the same write.
                 batch += take_ready()
-            await _body(send, prefix + b"".join(map(frame, batch)))
+            data = prefix + b"".join(map(frame, batch))
             prefix = b""
             if isinstance(batch[-1], TerminalEvent):
+                # The terminal event ends the body, in the same message.
                 self._finished = True
-                break
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                return
+            await _body(send, data)
         self._finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
