@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from corral._json import loads
 from corral._sse import SSEDecoder
 from corral.errors import CorralError, NotFound, SessionBusy, VersionConflict
 from corral.server.schemas import (
@@ -486,7 +487,7 @@ async def _parse(response: httpx.Response) -> AsyncIterator[ServerEvent]:
         for sse in decoder.feed(chunk):
             if sse.id is None or not sse.id.isdigit():
                 continue
-            event = ServerEvent(int(sse.id), sse.event, json.loads(sse.data))
+            event = ServerEvent(int(sse.id), sse.event, loads(sse.data))
             if event.terminal:
                 await _read_to_end(chunks)
             yield event

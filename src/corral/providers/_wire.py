@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import certifi
 
+from corral._json import dumps, loads
 from corral._sse import SSEDecoder
 from corral.errors import ProviderError, ProviderUnavailable
 from corral.providers._errors import (
@@ -95,7 +96,7 @@ class WireClient:
         timeout or a malformed chunk, and the mapped error of an `error` inside the stream.
         Leaving early closes the connection (it is not put back in the pool mid-answer).
         """
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = dumps(body)
         try:
             async with self._http().post(
                 self.url, data=data, headers=self._headers, proxy=self._proxy
@@ -182,8 +183,8 @@ def _proxy_for(url: str) -> str | None:
 
 def _chunk(where: str, event: str, text: str) -> dict[str, Any]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = loads(text)
+    except ValueError as exc:
         raise ProviderUnavailable(f"{where} sent a malformed chunk: {exc}: {text!r:.200}") from exc
     if not isinstance(data, dict):
         raise ProviderUnavailable(f"{where} sent a chunk that is not an object: {text!r:.200}")

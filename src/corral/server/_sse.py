@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -28,6 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from corral._json import dumps
 from corral.agent import Event, TerminalEvent
 
 __all__ = ["EventStream", "frame", "last_event_id"]
@@ -40,8 +40,11 @@ _RETRY_MS = 1000
 
 def frame(event: Event) -> bytes:
     """Return the SSE frame of one event (JSON data on one line)."""
-    data = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
-    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+    return b"id: %d\nevent: %b\ndata: %b\n\n" % (
+        event.seq,
+        event.kind.encode(),
+        dumps(event.to_dict()),
+    )
 
 
 def last_event_id(header: str | None, after: int | None) -> int:

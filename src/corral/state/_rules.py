@@ -5,12 +5,12 @@ Both backends run these same functions, so the conformance suite tests one set o
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from corral._json import dumps, loads
 from corral._types import JSONValue
 from corral.errors import StateError, UsageError, VersionConflict
 from corral.messages import Message
@@ -180,11 +180,11 @@ def _check_json(value: object, path: str, depth: int) -> None:
 def encode_json(value: object, what: str) -> str:
     """Return `value` as compact JSON text, after checking it is JSON (strictly) and not huge.
 
-    Strict: `json.dumps` would quietly turn `{1: 2}` into `{"1": 2}` and write `NaN`; both are
+    Strict: a JSON encoder would quietly turn `{1: 2}` into `{"1": 2}` and write `NaN`; both are
     refused here, so what is read back is what was written.
     """
     _check_json(value, what, 0)
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = dumps(value).decode()  # checked above: nothing for its fallback
     if len(text) > MAX_VALUE_BYTES:  # characters, a lower bound of the UTF-8 size
         raise UsageError(
             f"{what} is {len(text)} characters of JSON; the limit is {MAX_VALUE_BYTES}"
@@ -194,7 +194,7 @@ def encode_json(value: object, what: str) -> str:
 
 def decode_json(text: str) -> Any:
     """Return the value stored as `text` (a fresh copy: callers may change it)."""
-    return json.loads(text)
+    return loads(text)
 
 
 def encode_message(message: object, index: int) -> str:
@@ -210,7 +210,7 @@ def encode_message(message: object, index: int) -> str:
 
 def decode_message(text: str) -> Message:
     """Return the message stored as `text`."""
-    data = json.loads(text)
+    data = loads(text)
     calls = tuple(
         ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"])
         for c in data.get("tool_calls", ())
