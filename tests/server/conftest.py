@@ -7,6 +7,7 @@ run a real uvicorn on 127.0.0.1 (`test_uvicorn.py`).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from corral.errors import NotFound
 from corral.providers import Provider
 from corral.server import Runtime, ServerConfig, ServerSettings, create_app
 from tests.state.conftest import fresh_postgres_url, postgres  # noqa: F401 - fixtures
+from tests.support import unclosed_async_generators
 
 TENANTS = ("acme", "globex")
 
@@ -64,13 +66,17 @@ async def started(
 ) -> AsyncIterator[Server]:
     """Run the app's lifespan; yield the server; check it returned to idle; shut it down."""
     app = create_app(settings, provider=provider, config=config or ServerConfig.empty())
-    async with app.router.lifespan_context(app):
-        runtime: Runtime = app.state.runtime
-        server = Server(app, runtime, await add_tenants(runtime))
-        yield server
-        if check_idle:
-            stats = runtime.statistics()
-            assert stats.idle, f"server not idle after the test: {stats}"
+    with unclosed_async_generators() as unclosed:
+        async with app.router.lifespan_context(app):
+            runtime: Runtime = app.state.runtime
+            server = Server(app, runtime, await add_tenants(runtime))
+            yield server
+            if check_idle:
+                stats = runtime.statistics()
+                assert stats.idle, f"server not idle after the test: {stats}"
+        gc.collect()
+    # A generator dropped half-way is closed later by the loop, out of order: none may be.
+    assert unclosed == [], f"async generators left to the garbage collector: {unclosed}"
 
 
 MakeSettings = Callable[..., ServerSettings]
