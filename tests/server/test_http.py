@@ -1,4 +1,4 @@
-"""The coalescing transport under uvicorn: one write per turn of the loop, nothing lost."""
+"""The transport under uvicorn that sends a response's head with its body: nothing lost."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from corral.providers.scripted import ScriptedProvider
-from corral.server._http import FLUSH_AT_BYTES, CoalescingHTTPProtocol, CoalescingTransport
+from corral.server._http import CoalescingHTTPProtocol, HeadJoiningTransport
 from tests.server.conftest import MakeSettings
 from tests.server.test_uvicorn import serving, settings_for
 
@@ -37,48 +37,53 @@ class Wire:
         return {"peername": ("127.0.0.1", 4321)}.get(name, default)
 
 
-def wrap() -> tuple[Wire, CoalescingTransport]:
+def wrap() -> tuple[Wire, HeadJoiningTransport]:
     wire = Wire()
-    return wire, CoalescingTransport(wire, asyncio.get_running_loop())  # type: ignore[arg-type]
+    return wire, HeadJoiningTransport(wire, asyncio.get_running_loop())  # type: ignore[arg-type]
 
 
-async def test_what_one_turn_writes_goes_out_in_one_write_at_its_end() -> None:
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n"
+
+
+async def test_a_response_head_goes_out_with_the_body_that_follows_it() -> None:
     wire, transport = wrap()
-    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    transport.write(b"")  # nothing: nothing held
-    transport.write(bytearray(b"{}"))
+    transport.write(HEAD)
     assert wire.writes == []
-    assert transport.get_write_buffer_size() == 21
-    await asyncio.sleep(0)
-    assert wire.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
-    transport.write(b"next turn")
-    await asyncio.sleep(0)
-    assert wire.writes[1:] == [b"next turn"]
+    assert transport.get_write_buffer_size() == len(HEAD)
+    transport.write(bytearray(b"{}"))
+    assert wire.writes == [HEAD + b"{}"]  # at once, in one write
+    await asyncio.sleep(0)  # the scheduled flush finds nothing held
+    assert wire.writes == [HEAD + b"{}"]
     assert transport.get_extra_info("peername") == ("127.0.0.1", 4321)  # the rest is the wire's
 
 
-async def test_a_large_write_is_not_held() -> None:
+async def test_other_writes_go_straight_through() -> None:
     wire, transport = wrap()
-    transport.write(b"h")
-    transport.write(b"x" * FLUSH_AT_BYTES)
-    assert wire.writes == [b"h" + b"x" * FLUSH_AT_BYTES]  # at once: flow control sees it
+    transport.writelines([b"5\r\nhello\r\n", memoryview(b"0\r\n\r\n")])
+    transport.write(b"")
+    assert wire.writes == [b"5\r\nhello\r\n", b"0\r\n\r\n"]
+
+
+async def test_a_head_alone_goes_out_at_the_end_of_the_turn() -> None:
+    wire, transport = wrap()
+    transport.write(HEAD)
     await asyncio.sleep(0)
-    assert len(wire.writes) == 1
+    assert wire.writes == [HEAD]
+    transport.write(b"later")
+    assert wire.writes == [HEAD, b"later"]
 
 
-async def test_closing_sends_what_was_written_first() -> None:
+async def test_closing_sends_a_held_head_first() -> None:
     wire, transport = wrap()
-    transport.writelines([b"last ", b"words"])
+    transport.write(HEAD)
     transport.close()
-    assert wire.writes == [b"last words"]
+    assert wire.writes == [HEAD]
     assert wire.closed
-    await asyncio.sleep(0)  # the scheduled flush finds nothing held
-    assert wire.writes == [b"last words"]
 
 
-async def test_what_is_written_to_a_gone_peer_is_dropped() -> None:
+async def test_a_head_held_for_a_gone_peer_is_dropped() -> None:
     wire, transport = wrap()
-    transport.write(b"too late")
+    transport.write(HEAD)
     wire.closing = True
     await asyncio.sleep(0)
     assert wire.writes == []
