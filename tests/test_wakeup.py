@@ -41,3 +41,18 @@ async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
     wakeup.wake()  # skips the cancelled future
     await asyncio.wait_for(second, 1)
     assert wakeup.waiting == 0
+
+
+async def test_a_wait_with_a_time_limit_says_whether_it_was_woken() -> None:
+    wakeup = Wakeup()
+    waiting = asyncio.create_task(wakeup.wait_for(30))
+    await asyncio.sleep(0)
+    wakeup.wake()
+    assert await waiting is True
+    assert await wakeup.wait_for(0.01) is False
+    assert wakeup.waiting == 0  # a timed-out waiter does not stay registered
+    cancelled = asyncio.create_task(wakeup.wait_for(30))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert cancelled.cancelled()

@@ -21,7 +21,7 @@ class Wakeup:
     __slots__ = ("_waiters",)
 
     def __init__(self) -> None:
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[bool]] = []
 
     @property
     def waiting(self) -> int:
@@ -30,9 +30,28 @@ class Wakeup:
 
     async def wait(self) -> None:
         """Return at the next `wake()`."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         await future
+
+    async def wait_for(self, timeout_s: float) -> bool:
+        """Return whether a `wake()` came within `timeout_s` (False: the time ran out).
+
+        One timer handle, not `asyncio.timeout`'s machinery: a stream's reader waits this way
+        for every event it forwards, and the context manager cost more than the wait itself.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(future)
+        timer = loop.call_later(timeout_s, _time_out, future)
+        try:
+            woken = await future
+        finally:
+            timer.cancel()
+        if not woken:
+            # Not left for the next wake to drop: a quiet log may see many time-outs first.
+            self._waiters.remove(future)
+        return woken
 
     def wake(self) -> None:
         """Wake every task waiting now; later waiters wait for the next wake."""
@@ -41,4 +60,9 @@ class Wakeup:
         waiters, self._waiters = self._waiters, []
         for future in waiters:
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
+
+
+def _time_out(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)

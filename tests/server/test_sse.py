@@ -99,3 +99,52 @@ async def test_a_cancel_from_outside_still_cancels() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_quiet_stream_is_pinged_and_then_goes_on() -> None:
+    log = EventLog()
+    log.append(Started(log.next_seq, "r1", history_len=0))
+    bodies: list[bytes] = []
+    done = asyncio.Event()
+    pinged = asyncio.Event()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if b": ping" in message["body"]:
+                pinged.set()
+            if not message["more_body"]:
+                done.set()
+
+    async def receive() -> dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    streaming = asyncio.ensure_future(
+        EventStream(log.read(), ping_s=0.01)({"type": "http"}, receive, send)
+    )
+    await asyncio.wait_for(pinged.wait(), 5)
+    log.append(Cancelled(log.next_seq, "r1", reason="test", started=True))
+    await asyncio.wait_for(streaming, 5)
+    events = parse_sse(b"".join(bodies).decode())
+    assert [e["id"] for e in events] == [1, 2]
+    assert bodies[0].startswith(b"retry: 1000\n\nid: 1\n")
+
+
+async def test_a_reader_takes_what_is_there_or_waits_with_a_time_limit() -> None:
+    log = EventLog()
+    reader = log.read()
+    assert await reader.next_within(0.01) is None  # nothing yet
+    log.append(Started(log.next_seq, "r1", history_len=0))
+    log.append(TextChunk(log.next_seq, "r1", step=1, text="a"))
+    first = await reader.next_within(5)
+    assert first is not None
+    assert first.seq == 1
+    assert [e.seq for e in reader.take_ready()] == [2]
+    assert reader.take_ready() == []
+    later = asyncio.ensure_future(reader.next_within(5))
+    await asyncio.sleep(0)
+    log.append(Cancelled(log.next_seq, "r1", reason="test", started=True))
+    assert (await later).seq == 3  # type: ignore[union-attr]
+    with pytest.raises(StopAsyncIteration):
+        await reader.next_within(5)  # closed, and every event read

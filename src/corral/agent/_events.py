@@ -17,7 +17,7 @@ request is cancelled or fails while the call runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +37,7 @@ __all__ = [
     "Done",
     "Event",
     "EventLog",
+    "EventReader",
     "Failed",
     "Queued",
     "Started",
@@ -263,7 +264,7 @@ class EventLog:
             self._closed = True
         self._changed.wake()
 
-    def read(self, *, after: int = 0) -> AsyncIterator[Event]:
+    def read(self, *, after: int = 0) -> EventReader:
         """Return an iterator over every event numbered above `after`, then the live ones.
 
         It ends after the terminal event. Cancellation-safe: cancelling a reader affects neither
@@ -272,17 +273,23 @@ class EventLog:
         """
         if not isinstance(after, int) or after < 0:
             raise UsageError(f"after must be a sequence number >= 0, got {after!r}")
-        return _Reader(self, after)
+        return EventReader(self, after)
 
 
-class _Reader:
+class EventReader:
+    """A reader of an `EventLog`, from `EventLog.read`: an async iterator of its events.
+
+    Besides: `take_ready` takes what is there without waiting, `next_within` waits with a
+    time limit (one timer, no `asyncio.timeout` per event).
+    """
+
     __slots__ = ("_index", "_log")
 
     def __init__(self, log: EventLog, after: int) -> None:
         self._log = log
         self._index = after
 
-    def __aiter__(self) -> _Reader:
+    def __aiter__(self) -> EventReader:
         return self
 
     def take_ready(self) -> list[Event]:
@@ -298,6 +305,22 @@ class _Reader:
             if log._closed:
                 raise StopAsyncIteration
             await log._changed.wait()
+        event = log._events[self._index]
+        self._index += 1
+        return event
+
+    async def next_within(self, timeout_s: float) -> Event | None:
+        """Return the next event, or None if none came within `timeout_s`.
+
+        Raises:
+            StopAsyncIteration: the log is closed and this reader has had every event.
+        """
+        log = self._log
+        while self._index >= len(log._events):
+            if log._closed:
+                raise StopAsyncIteration
+            if not await log._changed.wait_for(timeout_s):
+                return None
         event = log._events[self._index]
         self._index += 1
         return event

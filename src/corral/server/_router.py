@@ -10,7 +10,7 @@ apart, since the model name is part of the key.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from corral.errors import UsageError
 from corral.providers import ModelCapabilities, ModelRequest, Provider, ProviderEvent
@@ -47,18 +47,14 @@ class ProviderRouter:
             raise UsageError(f"model {model!r} names no route (known: {sorted(self._routes)})")
         return provider, inner
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ProviderEvent, None]:
-        """Stream the call from the route's provider, with the route taken off the model name."""
+    def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
+        """Stream the call from the route's provider, with the route taken off the model name.
+
+        The route's own stream is returned, not wrapped: every event would otherwise pass
+        through one more generator, and closing it is the caller's as it would be the wrapper's.
+        """
         provider, model = self._split(request.model)
-        inner = provider.stream(dataclasses.replace(request, model=model))
-        try:
-            async for event in inner:
-                yield event
-        finally:
-            # Closed here, on this task, when the consumer stops early (see Agent._call_model).
-            aclose = getattr(inner, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        return provider.stream(dataclasses.replace(request, model=model))
 
     def capabilities(self, model: str) -> ModelCapabilities:
         """Return what the route's provider says of the model."""

@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from corral._json import dumps
-from corral.agent import Event, TerminalEvent
+from corral.agent import Event, EventReader, TerminalEvent
 
 __all__ = ["EventStream", "frame", "last_event_id"]
 
@@ -74,7 +74,7 @@ class EventStream(Response):
 
     def __init__(
         self,
-        events: AsyncIterator[Event],
+        events: EventReader,
         *,
         ping_s: float,
         on_disconnect: Callable[[], None] | None = None,
@@ -150,23 +150,21 @@ class EventStream(Response):
         # The reconnection delay goes out with the first frames, in their write.
         prefix = f"retry: {_RETRY_MS}\n\n".encode()
         events = self._events
-        take_ready: Callable[[], list[Event]] | None = getattr(events, "take_ready", None)
         while True:
             try:
-                async with asyncio.timeout(self._ping_s):
-                    event = await anext(events)
-            except TimeoutError:
-                await _body(send, prefix + b": ping\n\n")
-                prefix = b""
-                continue
+                event = await events.next_within(self._ping_s)
             except StopAsyncIteration:
                 if prefix:
                     await _body(send, prefix)
                 break
+            if event is None:  # quiet for ping_s
+                await _body(send, prefix + b": ping\n\n")
+                prefix = b""
+                continue
             batch = [event]
-            if not isinstance(event, TerminalEvent) and take_ready is not None:
+            if not isinstance(event, TerminalEvent):
                 # Whatever else is in the log already goes out in the same write.
-                batch += take_ready()
+                batch += events.take_ready()
             data = prefix + b"".join(map(frame, batch))
             prefix = b""
             if isinstance(batch[-1], TerminalEvent):

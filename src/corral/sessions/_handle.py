@@ -7,7 +7,16 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from corral.agent import Agent, Event, EventLog, RequestStatus, RunResult, TerminalEvent, Turn
+from corral.agent import (
+    Agent,
+    Event,
+    EventLog,
+    EventReader,
+    RequestStatus,
+    RunResult,
+    TerminalEvent,
+    Turn,
+)
 from corral.errors import RequestCancelled
 
 if TYPE_CHECKING:
@@ -192,7 +201,7 @@ class RequestHandle:
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._request.turn.log.read()
 
-    def events(self, *, after: int = 0) -> AsyncIterator[Event]:
+    def events(self, *, after: int = 0) -> EventReader:
         """Iterate the events numbered above `after`, then the live ones, to the terminal one."""
         return self._request.turn.log.read(after=after)
 
