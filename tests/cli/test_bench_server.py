@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import shutil
+import sys
+from pathlib import Path
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
@@ -75,3 +81,64 @@ def test_the_report_shows_loaded_levels_beside_the_verdict() -> None:
     assert "7.00 ms <= 5 ms" in text
     assert "10 clients or more (worst)" in text
     assert "3.50 ms" in text
+    counted = ServerBenchFigures(figures.levels, None, 140, "db", instructions_per_run=9.6e6)
+    out = io.StringIO()
+    report(counted, Console(file=out, width=160))
+    assert "server instructions per run (callgrind, 1 client)" in out.getvalue()
+    assert "9.60 M" in out.getvalue()
+
+
+def test_callgrind_totals_are_read_and_a_file_without_them_is_refused() -> None:
+    from corral.cli.bench_server._run import callgrind_total
+
+    assert callgrind_total("events: Ir\nsummary: 98452368\n") == 98452368
+    assert callgrind_total("positions: line\nevents: Ir\ntotals: 1234\n") == 1234
+    with pytest.raises(ValueError, match="no 'totals:' line"):
+        callgrind_total("events: Ir\n")
+
+
+def test_counting_instructions_without_valgrind_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from corral.cli.bench_server._run import Callgrind, ServerBenchError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ServerBenchError, match="needs valgrind and callgrind_control"):
+        Callgrind.argv(["python"], Path("out"))
+
+
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
+    reason="valgrind (callgrind) is not installed",
+)
+async def test_callgrind_counts_the_instructions_of_the_work_between_its_marks(
+    tmp_path: Path,
+) -> None:
+    from corral.cli.bench_server._run import Callgrind, _free_port
+
+    port = _free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    async with (
+        aiohttp.ClientSession() as http,
+        Callgrind.run("http server", argv, tmp_path) as counted,
+    ):
+        url = f"http://127.0.0.1:{port}/"
+        async with asyncio.timeout(120):
+            while True:
+                try:
+                    async with http.get(url) as response:
+                        await response.read()
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+
+        async def requests(n: int) -> int:
+            await counted.zero()
+            for _ in range(n):
+                async with http.get(url) as response:
+                    await response.read()
+            return await counted.dump()
+
+        few, more = await requests(2), await requests(8)
+    assert 0 < few < more  # the counts follow the work done between the marks
+    assert more > 2.5 * few

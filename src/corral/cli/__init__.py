@@ -136,6 +136,15 @@ def bench_server(
     database_url: Annotated[
         str | None, typer.Option(help="The server's database (default: SQLite in a temp dir).")
     ] = None,
+    instructions: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also count the server's instructions per run under valgrind's callgrind, "
+            "over this many runs of one client (0: skip). A figure the machine's speed does "
+            "not move; needs valgrind.",
+        ),
+    ] = 0,
 ) -> None:
     """Load `corral serve` with C clients doing agent runs; report runs/s, latency, CPU."""
     from corral.cli.bench_server import ServerBenchOptions, run_server_bench
@@ -155,6 +164,7 @@ def bench_server(
         warmup_s=warmup,
         streams=streams,
         database_url=database_url,
+        instruction_runs=instructions,
     )
     try:
         run_server_bench(options)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -44,6 +45,9 @@ __all__ = [
 RUN_TIMEOUT_S = 60.0
 """A run that takes longer counts as an error (and is abandoned)."""
 START_TIMEOUT_S = 60.0
+CALLGRIND_START_TIMEOUT_S = 600.0
+"""Under valgrind a process runs some 50 times slower: start-up included."""
+CALLGRIND_WARMUP_RUNS = 3
 TERMINAL = (b"done", b"error", b"cancelled")
 API_KEY_ENV = "CORRAL_BENCH_MODEL_KEY"
 
@@ -64,6 +68,10 @@ class ServerBenchOptions:
     chunk_ms: float = 2.0
     database_url: str | None = None
     """None: a SQLite file in a temporary data directory (the server's default)."""
+    instruction_runs: int = 0
+    """Runs (one client, after a warm-up) of a second server under valgrind's callgrind, whose
+    instructions are counted: a figure of the server's work that the machine's speed does not
+    move. 0: not measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,8 @@ class ServerBenchFigures:
     streams: StreamsFigures | None
     unavoidable_ms: float
     database: str
+    instructions_per_run: float | None = None
+    """Instructions the server executed per run under callgrind (`instruction_runs`)."""
 
 
 @dataclass(slots=True)
@@ -210,8 +220,10 @@ async def _process(
                 await proc.wait()
 
 
-async def _wait_until_up(http: aiohttp.ClientSession, url: str, process: _Process) -> None:
-    async with asyncio.timeout(START_TIMEOUT_S):
+async def _wait_until_up(
+    http: aiohttp.ClientSession, url: str, process: _Process, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    async with asyncio.timeout(timeout_s):
         while True:
             if process.proc.returncode is not None:
                 raise ServerBenchError(
@@ -222,6 +234,99 @@ async def _wait_until_up(http: aiohttp.ClientSession, url: str, process: _Proces
                     if response.status == 200:
                         return
             await asyncio.sleep(0.05)
+
+
+class Callgrind:
+    """A process under valgrind's callgrind: the instructions it runs between two marks.
+
+    valgrind runs the program in its own process (same pid); `callgrind_control` zeroes its
+    counters and has it write them out, and the written totals are read back. Instruction counts
+    repeat to within a fraction of a percent for the same work, on a machine whose speed moves
+    CPU seconds by tens of percent.
+    """
+
+    def __init__(self, process: _Process, out: Path, control: str) -> None:
+        self.process = process
+        self._out = out
+        self._control_path = control
+        self._dumps = 0
+
+    @staticmethod
+    def argv(argv: list[str], out: Path) -> list[str]:
+        """Return `argv` run under callgrind, writing its counts to `out` (and `out.N`)."""
+        valgrind = shutil.which("valgrind")
+        if valgrind is None or shutil.which("callgrind_control") is None:
+            raise ServerBenchError(
+                "counting instructions needs valgrind and callgrind_control on PATH "
+                "(Debian: apt-get install valgrind)"
+            )
+        return [
+            valgrind,
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            "--dump-instr=no",
+            *argv,
+        ]
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(
+        cls, name: str, argv: list[str], root: Path, env: dict[str, str] | None = None
+    ) -> AsyncIterator[Callgrind]:
+        """Run `argv` under callgrind (stopped on exit, as `_process` stops a process)."""
+        out = root / f"{name.replace(' ', '-')}.callgrind"
+        wrapped = cls.argv(argv, out)
+        control = shutil.which("callgrind_control")
+        assert control is not None  # checked by argv()
+        async with _process(name, wrapped, root / f"{out.name}.log", env) as process:
+            yield cls(process, out, control)
+
+    async def zero(self) -> None:
+        """Start counting from 0 now."""
+        await self._control("-z")
+
+    async def dump(self) -> int:
+        """Return the instructions run since `zero()` (or the start)."""
+        await self._control("-d")
+        self._dumps += 1
+        dumped = self._out.with_name(f"{self._out.name}.{self._dumps}")
+        try:
+            return callgrind_total(dumped.read_text(errors="replace"))
+        except (OSError, ValueError) as exc:
+            raise ServerBenchError(f"callgrind's counts could not be read: {exc}") from exc
+
+    async def _control(self, flag: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self._control_path,
+            flag,
+            str(self.process.proc.pid),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            async with asyncio.timeout(120):
+                said, _ = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ServerBenchError(f"callgrind_control {flag} did not answer in 120 s") from None
+        if proc.returncode != 0:
+            raise ServerBenchError(
+                f"callgrind_control {flag} failed ({proc.returncode}): {said.decode()[-300:]}"
+            )
+
+
+def callgrind_total(text: str) -> int:
+    """Return the instruction total of a callgrind output file.
+
+    Raises:
+        ValueError: the text has no `totals:` (or older `summary:`) line.
+    """
+    match = re.search(r"^(?:totals|summary): *(\d+)", text, re.MULTILINE)
+    if match is None:
+        raise ValueError("no 'totals:' line in callgrind's output")
+    return int(match.group(1))
 
 
 async def _create_key(database_url: str) -> str:
@@ -535,13 +640,63 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
                 streams = await _held_streams(
                     http, client, model_url, server.proc.pid, options.streams
                 )
+            instructions = None
+            if options.instruction_runs:
+                console.print(
+                    f"[dim]instructions: {options.instruction_runs} runs of a server under "
+                    "callgrind (slow: valgrind runs it ~50x slower)...[/]"
+                )
+                instructions = await _instructions(
+                    http, key, root, server_argv, server_env, options.instruction_runs
+                )
     unavoidable = (
         2 * options.first_chunk_ms
         + (_model.TOOL_CHUNKS - 1 + _model.TEXT_CHUNKS - 1) * options.chunk_ms
         + TOOL_WAIT_S * 1000
     )
     shown = database.split("///")[0] + "///..." if "sqlite" in database else database
-    return ServerBenchFigures(tuple(levels), streams, unavoidable, shown)
+    return ServerBenchFigures(tuple(levels), streams, unavoidable, shown, instructions)
+
+
+async def _instructions(
+    http: aiohttp.ClientSession,
+    key: str,
+    root: Path,
+    server_argv: list[str],
+    server_env: dict[str, str],
+    runs: int,
+) -> float:
+    """Return the instructions per run of a second server, under callgrind, one client."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {**server_env, "CORRAL_PORT": str(port)}
+    async with Callgrind.run("corral serve under callgrind", server_argv, root, env) as counted:
+        await _wait_until_up(http, f"{base_url}/readyz", counted.process, CALLGRIND_START_TIMEOUT_S)
+        client = _Client(http, base_url, key)
+        for i in range(CALLGRIND_WARMUP_RUNS):
+            await _one_run(client, f"callgrind-warm-{i}")
+        await counted.zero()
+        for i in range(runs):
+            await _one_run(client, f"callgrind-{i}")
+        return await counted.dump() / runs
+
+
+def _info(figures: ServerBenchFigures) -> list[tuple[str, str]]:
+    """Return the figures shown beside the verdict, not in it."""
+    info: list[tuple[str, str]] = []
+    # With one client the machine idles between a run's bursts of work, and the same work costs
+    # more after idling (the model's column shows it): the loaded levels' worst, apart.
+    loaded = [lv.server_cpu_ms_per_run for lv in figures.levels if lv.clients >= 10]
+    if loaded and len(loaded) < len(figures.levels):
+        info.append(("server CPU per run, 10 clients or more (worst)", f"{max(loaded):.2f} ms"))
+    if figures.instructions_per_run is not None:
+        info.append(
+            (
+                "server instructions per run (callgrind, 1 client)",
+                f"{figures.instructions_per_run / 1e6:.2f} M",
+            )
+        )
+    return info
 
 
 def report(figures: ServerBenchFigures, console: Console) -> bool:
@@ -581,12 +736,7 @@ def report(figures: ServerBenchFigures, console: Console) -> bool:
     checks.append(
         ("server CPU per run (worst level)", f"{worst_cpu:.2f} ms <= 5 ms", worst_cpu <= 5.0)
     )
-    # Shown beside the verdict, not in it: with one client the machine idles between a run's
-    # bursts of work, and the same work costs more after idling (the model's column shows it).
-    loaded = [lv.server_cpu_ms_per_run for lv in figures.levels if lv.clients >= 10]
-    info: list[tuple[str, str]] = []
-    if loaded and len(loaded) < len(figures.levels):
-        info.append(("server CPU per run, 10 clients or more (worst)", f"{max(loaded):.2f} ms"))
+    info = _info(figures)
     top = max(figures.levels, key=lambda lv: lv.clients, default=None)
     if top is not None:
         checks.append(
