@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from corral import _wakeup
 from corral._wakeup import Wakeup
 
 
@@ -56,3 +59,18 @@ async def test_a_wait_with_a_time_limit_says_whether_it_was_woken() -> None:
     cancelled.cancel()
     await asyncio.sleep(0)
     assert cancelled.cancelled()
+
+
+async def test_a_wake_between_a_time_out_and_its_waiter_resuming_is_harmless(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wakeup = Wakeup()
+    time_out = _wakeup._time_out
+
+    def then_woken(future: asyncio.Future[bool]) -> None:
+        time_out(future)
+        wakeup.wake()  # comes before the waiter resumes: it drops the done future itself
+
+    monkeypatch.setattr(_wakeup, "_time_out", then_woken)
+    assert await wakeup.wait_for(0.01) is False
+    assert wakeup.waiting == 0

@@ -11,6 +11,7 @@ quadratic when a thousand readers follow one stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 __all__ = ["Wakeup"]
 
@@ -50,7 +51,9 @@ class Wakeup:
             timer.cancel()
         if not woken:
             # Not left for the next wake to drop: a quiet log may see many time-outs first.
-            self._waiters.remove(future)
+            # (A wake that came between the time-out and this line has dropped it already.)
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(future)
         return woken
 
     def wake(self) -> None:
