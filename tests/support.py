@@ -170,17 +170,19 @@ async def eventually(
 
 
 @contextmanager
-def unclosed_async_generators() -> Iterator[list[str]]:
+def unclosed_async_generators(under: Path | None = None) -> Iterator[list[str]]:
     """Collect the qualified names of async generators left for the garbage collector.
 
     An async generator dropped while suspended is closed by the loop's finalizer hook in a task
     of its own, later: its cleanup runs out of order and costs a task and a loop wake-up.
+    `under`: only those whose code is in that directory (corral's, not a test client's).
     """
     found: list[str] = []
     firstiter, finalizer = sys.get_asyncgen_hooks()
 
     def record(agen: Any) -> None:
-        found.append(agen.__qualname__)
+        if under is None or Path(agen.ag_code.co_filename).is_relative_to(under):
+            found.append(agen.__qualname__)
         if finalizer is not None:
             finalizer(agen)
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+import corral
 from corral.errors import NotFound
 from corral.providers import Provider
 from corral.server import Runtime, ServerConfig, ServerSettings, create_app
@@ -66,7 +67,7 @@ async def started(
 ) -> AsyncIterator[Server]:
     """Run the app's lifespan; yield the server; check it returned to idle; shut it down."""
     app = create_app(settings, provider=provider, config=config or ServerConfig.empty())
-    with unclosed_async_generators() as unclosed:
+    with unclosed_async_generators(under=Path(corral.__file__).parent) as unclosed:
         async with app.router.lifespan_context(app):
             runtime: Runtime = app.state.runtime
             server = Server(app, runtime, await add_tenants(runtime))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from tests.server.conftest import Server
 
 
@@ -93,6 +95,22 @@ async def test_body_over_the_limit_is_413(make_settings) -> None:
                 f"/sessions/{session['id']}/messages", json={"message": "x" * 2000}
             )
             assert big.status_code == 413
+            limit = "over the limit of 1000 bytes (CORRAL_MAX_BODY_BYTES)"
+            assert limit in big.json()["detail"]
+
+            # A body without a declared length is counted as it is read.
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b'{"agent": "demo", "metadata": {"pad": "'
+                for _ in range(10):
+                    yield b"x" * 200
+                yield b'"}}'
+
+            chunked = await client.post(
+                "/sessions", content=chunks(), headers={"content-type": "application/json"}
+            )
+            assert chunked.status_code == 413
+            assert limit in chunked.json()["detail"]
+            assert len((await client.get("/sessions")).json()) == 1  # nothing was created
             small = await client.post(f"/sessions/{session['id']}/messages", json={"message": "hi"})
             assert small.status_code == 202
             # Let the request end before the server checks it is idle.

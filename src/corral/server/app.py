@@ -30,6 +30,7 @@ from corral.errors import (
     UsageError,
 )
 from corral.providers import Provider
+from corral.server._body_limit import BodyLimit
 from corral.server._runtime import Draining, Runtime
 from corral.server.config import ServerConfig, load_config
 from corral.server.routes import ROUTERS
@@ -101,8 +102,8 @@ def create_app(
         description=_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.runtime = app_runtime
     app.state.metrics = _metrics(app)
     for router in ROUTERS:
