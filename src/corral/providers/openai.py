@@ -23,6 +23,7 @@ from typing import Any, Literal
 import httpx2
 import openai
 
+from corral._json import dumps
 from corral._types import AsyncResource
 from corral.errors import ProviderError, ProviderRejected, ProviderUnavailable, UsageError
 from corral.executors.base import State, ensure_open
@@ -311,7 +312,7 @@ def to_openai_tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, Any]]:
 def _arguments_text(call: ToolCall) -> str:
     if isinstance(call.arguments, str):
         return call.arguments
-    return json.dumps(dict(call.arguments), default=str)
+    return dumps(dict(call.arguments)).decode()
 
 
 class _ChunkReader:

@@ -27,8 +27,7 @@ class BodyLimit:
 
     def _message(self) -> str:
         return (
-            f"the request body is over the limit of {self.max_bytes} bytes "
-            "(CORRAL_MAX_BODY_BYTES)"
+            f"the request body is over the limit of {self.max_bytes} bytes (CORRAL_MAX_BODY_BYTES)"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
