@@ -647,7 +647,12 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
                     "callgrind (slow: valgrind runs it ~50x slower)...[/]"
                 )
                 instructions = await _instructions(
-                    http, key, root, server_argv, server_env, options.instruction_runs
+                    http,
+                    root,
+                    server_argv,
+                    server_env,
+                    options.instruction_runs,
+                    fresh_database=options.database_url is None,
                 )
     unavoidable = (
         2 * options.first_chunk_ms
@@ -660,16 +665,28 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
 
 async def _instructions(
     http: aiohttp.ClientSession,
-    key: str,
     root: Path,
     server_argv: list[str],
     server_env: dict[str, str],
     runs: int,
+    *,
+    fresh_database: bool,
 ) -> float:
-    """Return the instructions per run of a second server, under callgrind, one client."""
+    """Return the instructions per run of a second server, under callgrind, one client.
+
+    On SQLite (the default) it gets a database of its own: the levels before it filled theirs
+    with thousands of sessions, and a deeper table costs more per write, so the count would
+    depend on what ran first.
+    """
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {**server_env, "CORRAL_PORT": str(port)}
+    if fresh_database:
+        data = root / "callgrind-data"
+        data.mkdir()
+        env["CORRAL_DATA_DIR"] = str(data)
+        env["CORRAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{data / 'corral.db'}"
+    key = await _create_key(env["CORRAL_DATABASE_URL"])
     async with Callgrind.run("corral serve under callgrind", server_argv, root, env) as counted:
         await _wait_until_up(http, f"{base_url}/readyz", counted.process, CALLGRIND_START_TIMEOUT_S)
         client = _Client(http, base_url, key)
