@@ -491,11 +491,13 @@ class RequestManager(AsyncResource):
         dues += [expires_at for expires_at, _ in self._cache.values()]
         if not dues and not self._by_id:
             return None
-        bounds = [self._queue_timeout_s, self._processing_timeout_s, self._retention_s]
+        timeouts = [self._queue_timeout_s, self._processing_timeout_s, self._retention_s]
         if self._cache_ttl_s is not None:
-            bounds.append(self._cache_ttl_s)
-        wait = min(dues, default=now + min(bounds)) - now
-        return min(max(wait, self._janitor_interval_s), max(min(bounds), self._janitor_interval_s))
+            timeouts.append(self._cache_ttl_s)
+        longest = max(min(timeouts), self._janitor_interval_s)
+        if not dues:
+            return longest
+        return min(max(min(dues) - now, self._janitor_interval_s), longest)
 
     async def _janitor_loop(self) -> None:
         # Rounds come when something can expire, not on a fixed beat: an idle server, or one

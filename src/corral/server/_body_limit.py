@@ -5,8 +5,8 @@ middleware): that one wraps each request twice, at the app and at its route, and
 sent back through both, each frame of an SSE stream included; and over a declared
 `Content-Length` it answers in plain text, unlike the rest of the API. Here a declared length is
 checked once, before the app runs: the HTTP server reads no more than it declares, so nothing
-else is needed. Only a body without a declared length (chunked) is counted as the app reads it,
-and one over the limit ends the read with an HTTP 413 error, which the app's handlers answer.
+else is needed. Only a chunked body is counted as the app reads it, and one over the limit ends
+the read with an HTTP 413 error, which the app's handlers answer.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class BodyLimit:
                 response = JSONResponse({"detail": self._message()}, status_code=413)
                 await response(scope, receive, send)
                 return
-        elif chunked:
+        if chunked:
             receive = self._counted(receive)
         await self.app(scope, receive, send)
 
