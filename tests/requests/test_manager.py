@@ -418,3 +418,144 @@ async def test_a_request_submitted_while_the_janitor_sleeps_long_is_reaped_in_ti
         assert isinstance(events[-1], StreamFailed)
         assert "timed out in queue" in events[-1].error.message
         assert manager.statistics().reaped == 1
+
+
+# -- a call nobody can share runs in its caller's task --------------------------------------------
+
+
+def unshared(text: str = "hi") -> ModelRequest:
+    return req(text, temperature=0.7)  # not deterministic: never shared
+
+
+async def test_an_unshareable_call_runs_in_its_callers_task() -> None:
+    provider = FakeProvider(chunks=3)
+    tasks: set[asyncio.Task[object] | None] = set()
+    inner = provider._stream
+
+    async def watched(request: ModelRequest) -> AsyncIterator[ProviderEvent]:
+        tasks.add(asyncio.current_task())
+        async for event in inner(request):
+            yield event
+
+    provider._stream = watched  # type: ignore[method-assign]
+    async with RequestManager(provider) as manager:
+        seen = []
+        async for event in manager.stream(unshared()):
+            seen.append(event)
+            assert manager._tasks == set()  # no task of the manager's runs it
+            assert manager.statistics().running == 1
+        assert tasks == {asyncio.current_task()}
+        assert [type(e).__name__ for e in seen] == ["TextDelta"] * 3 + ["Usage", "Finish"]
+        # Its log is retained as any other's: a late `attach` replays it.
+        (request_id,) = manager._by_id
+        replay = await drain(manager.attach(request_id))
+        assert isinstance(replay[-1], StreamDone)
+        await assert_idle(manager)
+
+
+async def test_a_stop_never_cuts_the_callers_own_code_between_events() -> None:
+    clock = ManualClock()
+    manager = RequestManager(
+        FakeProvider(chunks=5), processing_timeout_s=10, clock=clock, sleep=clock.sleep
+    )
+    outside = asyncio.Event()
+    async with manager:
+        events = manager.stream(unshared())
+        first = await anext(events)
+        assert isinstance(first, TextDelta)
+        # The caller is out in its own code (waiting on its own event) when the call expires:
+        # that wait is not cancelled; the call ends when the caller comes back for more.
+        waiting = asyncio.ensure_future(outside.wait())
+        clock.advance(11)
+        assert manager.reap() == 1
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        outside.set()
+        await waiting
+        with pytest.raises(RequestExpired, match="timed out during processing"):
+            await anext(events)
+        assert manager._provider.open == 0  # type: ignore[attr-defined]  # its stream closed
+        await assert_idle(manager)
+
+
+async def test_a_driven_call_is_stopped_where_it_waits_on_the_provider() -> None:
+    clock = ManualClock()
+    provider = FakeProvider(chunks=3)
+    provider.step = asyncio.Event()
+    manager = RequestManager(provider, processing_timeout_s=10, clock=clock, sleep=clock.sleep)
+    async with manager:
+
+        async def consume() -> list[ProviderEvent]:
+            return [event async for event in manager.stream(unshared())]
+
+        consuming = asyncio.ensure_future(consume())
+        await provider.started.wait()
+        clock.advance(11)
+        assert manager.reap() == 1
+        with pytest.raises(RequestExpired, match="timed out during processing"):
+            await consuming
+        assert provider.cancelled == 1
+        assert provider.open == 0
+        await assert_idle(manager)
+
+
+async def test_driven_calls_wait_their_turn_and_expire_in_the_queue() -> None:
+    clock = ManualClock()
+    provider = FakeProvider(chunks=2)
+    provider.step = asyncio.Event()
+    manager = RequestManager(
+        provider, max_concurrent_requests=1, queue_timeout_s=5, clock=clock, sleep=clock.sleep
+    )
+    async with manager:
+
+        async def consume(text: str) -> list[ProviderEvent]:
+            return [event async for event in manager.stream(unshared(text))]
+
+        first = asyncio.ensure_future(consume("first"))
+        await provider.started.wait()
+        second = asyncio.ensure_future(consume("second"))
+        await asyncio.sleep(0)
+        assert manager.statistics().queued == 1
+        clock.advance(6)
+        assert manager.reap() == 1
+        with pytest.raises(RequestExpired, match="timed out in queue"):
+            await second
+        for _ in range(2):
+            provider.step.set()
+            await asyncio.sleep(0.01)
+        texts = [e.text for e in await first if isinstance(e, TextDelta)]
+        assert texts == ["first-0 ", "first-1 "]
+        assert provider.calls == 1  # the expired one never reached the provider
+        await assert_idle(manager)
+
+
+async def test_a_driven_call_ends_with_its_caller() -> None:
+    provider = FakeProvider(chunks=5)
+    provider.step = asyncio.Event()
+    async with RequestManager(provider) as manager:
+        # The caller cancelled while the call waits on the provider: the cancel is the caller's.
+        consuming = asyncio.ensure_future(anext(manager.stream(unshared("a"))))
+        await provider.started.wait()
+        consuming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consuming
+        assert provider.cancelled == 1
+        # The caller stopped reading after one event: the provider's stream is closed at once.
+        provider.step = None
+        events = manager.stream(unshared("b"))
+        await anext(events)
+        await events.aclose()
+        assert provider.open == 0
+        await assert_idle(manager)
+
+
+async def test_closing_the_manager_ends_a_driven_call_with_a_final_error() -> None:
+    provider = FakeProvider(chunks=3)
+    provider.step = asyncio.Event()
+    manager = RequestManager(provider)
+    async with manager:
+        consuming = asyncio.ensure_future(anext(manager.stream(unshared())))
+        await provider.started.wait()
+    with pytest.raises(RequestCancelled, match="the request manager closed"):
+        await consuming
+    assert provider.open == 0

@@ -78,6 +78,11 @@ class Flight:
     """The assembled answer, once someone asked for it: every follower gets the same one."""
     terminal: StreamEvent | None = None
     """Set by whoever stops the call (last subscriber gone, janitor, close): its final event."""
+    driven: bool = False
+    """Run by its one subscriber's own task (`task`), not by a task of the manager's."""
+    inside: bool = False
+    """Driven: whether that task is now waiting on the provider (or a stream slot), where a
+    stop may cancel it; elsewhere it is running its caller's code, which a stop must not cut."""
 
 
 def request_key(provider: str, request: ModelRequest) -> str:

@@ -253,11 +253,19 @@ class RequestManager(AsyncResource):
             QueueFull: the queue is full; `retry_after_s` estimates when a slot frees.
             ClosedError: the manager is closing or closed.
         """
-        self.start()
         request_id = request_id or uuid.uuid4().hex
+        flight = self._admit(request, self._key(request, dedup), request_id)
+        handle = RequestHandle(self, flight, request_id)
+        self._dispatch()
+        return handle
+
+    def _admit(
+        self, request: ModelRequest, key: str | None, request_id: str, *, driven: bool = False
+    ) -> Flight:
+        """Find the flight `request` joins, or queue a new one; register it under the id."""
+        self.start()
         if request_id in self._by_id:
             raise UsageError(f"request id {request_id!r} is already in use")
-        key = self._key(request, dedup)
         flight = self._join(key)
         if flight is None:
             if len(self._queue) >= self._max_queue:
@@ -265,15 +273,13 @@ class RequestManager(AsyncResource):
                     f"the request queue is full ({self._max_queue} waiting)",
                     retry_after_s=self._retry_after_s(),
                 )
-            flight = Flight(request, key, self._clock.monotonic())
+            flight = Flight(request, key, self._clock.monotonic(), driven=driven)
             if key is not None:
                 self._inflight[key] = flight
             self._queue.append(flight)
         self._by_id[request_id] = flight
         self._has_work.set()
-        handle = RequestHandle(self, flight, request_id)
-        self._dispatch()
-        return handle
+        return flight
 
     def attach(self, request_id: str) -> RequestHandle:
         """Return a new handle on a request still retained (to resume: `events(after=seq)`).
@@ -293,16 +299,26 @@ class RequestManager(AsyncResource):
         """The wrapped provider's name: the manager stands in for it."""
         return str(getattr(self._provider, "name", "provider"))
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ProviderEvent, None]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[ProviderEvent, None]:
         """Submit `request` and yield its provider events: the manager used as a `Provider`.
 
         An agent given the manager as its provider sends every model call through admission,
         caps and singleflight. Cancelling the consumer leaves the request (the call stops if
         nobody else follows it).
 
+        A call that cannot be shared (see `dedup`) has no one else to serve: its events go
+        from the provider to the caller in the caller's own task, with no task of the manager's
+        and no hop between tasks per event; admission, the caps, the janitor and the retained
+        log (for `attach`) are as for any other.
+
         Raises:
             QueueFull, RequestCancelled, RequestExpired, ProviderError: as `RequestHandle.result`.
         """
+        if self._key(request, None) is None:
+            return self._drive(request)
+        return self._follow(request)
+
+    async def _follow(self, request: ModelRequest) -> AsyncGenerator[ProviderEvent, None]:
         handle = self.submit(request)
         # Closed here, not left to the garbage collector: the terminal event ends the loop
         # with the generator still suspended, and a finalized one costs a task and a loop wake.
@@ -316,6 +332,57 @@ class RequestManager(AsyncResource):
                     yield event  # type: ignore[misc]
         finally:
             handle.cancel()
+
+    async def _drive(self, request: ModelRequest) -> AsyncGenerator[ProviderEvent, None]:
+        request_id = uuid.uuid4().hex
+        flight = self._admit(request, None, request_id, driven=True)
+        flight.task = asyncio.current_task()
+        flight.handles += 1
+        terminal: StreamEvent = StreamCancelled("the subscriber left")
+        try:
+            self._dispatch()
+            while flight.state is FlightState.QUEUED:
+                await flight.log.changed()  # dispatched (poked), or ended (its terminal event)
+            if flight.state is FlightState.DONE:
+                terminal = flight.log.events()[-1]  # reaped or closed while it waited
+            else:
+                events = self._provider.stream(flight.request)
+                try:
+                    flight.inside = True  # a stop may cancel this task only while it waits here
+                    async with self._streams:
+                        while flight.terminal is None:
+                            try:
+                                event = await anext(events)
+                            except StopAsyncIteration:
+                                break
+                            if not isinstance(event, Usage):
+                                flight.emitted = True
+                            flight.log.append(event)  # for `attach`, as a flight task does
+                            flight.inside = False
+                            yield event
+                            flight.inside = True
+                finally:
+                    flight.inside = False
+                    aclose = getattr(events, "aclose", None)
+                    if aclose is not None:
+                        # Closing a stream given up on: its own failure would only hide why.
+                        with contextlib.suppress(Exception):
+                            await aclose()
+                # A stop that came while this task was out (at the yield) ends it here.
+                terminal = flight.terminal or StreamDone()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # The manager's own stop (it set a terminal event) ends the call, and only it.
+            if flight.terminal is None or task is None or task.uncancel() > 0:
+                terminal = flight.terminal or StreamCancelled("the request was cancelled")
+                raise
+            terminal = flight.terminal
+        except Exception as exc:
+            terminal = StreamFailed(ErrorInfo.from_exception(exc))
+        finally:
+            flight.handles -= 1
+            self._end(flight, terminal)
+        _assemble(request_id, [terminal])  # raises, unless the stream ended normally
 
     def capabilities(self, model: str) -> ModelCapabilities:
         """Return the wrapped provider's capabilities for `model`."""
@@ -367,6 +434,9 @@ class RequestManager(AsyncResource):
             flight.state = FlightState.RUNNING
             flight.started_at = self._clock.monotonic()
             self._running.add(flight)
+            if flight.driven:
+                flight.log.poke()  # its subscriber's own task runs it
+                continue
             task = asyncio.get_running_loop().create_task(self._run(flight))
             flight.task = task
             self._tasks.add(task)
@@ -434,7 +504,10 @@ class RequestManager(AsyncResource):
             self._end(flight, terminal)
         elif flight.task is not None and flight.terminal is None:
             flight.terminal = terminal
-            flight.task.cancel()
+            # A driven call is stopped where it waits on the provider; out in its caller's code
+            # it is not cut, and it stops when it comes back (it looks at `terminal`).
+            if not flight.driven or flight.inside:
+                flight.task.cancel()
 
     # -- janitor -------------------------------------------------------------------------------
 
