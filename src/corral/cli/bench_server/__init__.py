@@ -10,6 +10,10 @@ server's CPU time comes from ``/proc/<pid>/stat`` over the measured window only.
 Then `streams` clients each open a message stream whose model call the fake holds: all of them
 are open at once (the server's own `corral_sse_streams` gauge says how many), then released, and
 every one must end with the right answer.
+
+With `instruction_runs` (`--instructions N`), a second server runs under valgrind's callgrind and
+its instructions per run are counted over N runs of one client (`Callgrind`): a measure of the
+server's work that, unlike CPU seconds, the machine's speed of the moment does not move.
 """
 
 from __future__ import annotations
