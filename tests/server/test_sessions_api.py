@@ -84,6 +84,45 @@ async def test_bad_input_is_422_naming_the_field(server: Server) -> None:
         assert limit.status_code == 422
         assert "query.limit" in limit.json()["message"]
 
+        # The message route's own headers and flag, validated as FastAPI parameters would be.
+        long_key = await client.post(
+            url, json={"message": "hi"}, headers={"idempotency-key": "k" * 201}
+        )
+        assert long_key.status_code == 422
+        assert long_key.json()["detail"][0]["type"] == "string_too_long"
+        assert (
+            "header.idempotency-key: String should have at most 200 characters"
+            in (long_key.json()["message"])
+        )
+        both = await client.post(
+            f"{url}?cancel_on_disconnect=perhaps",
+            json={"message": "hi"},
+            headers={"idempotency-key": ""},
+        )
+        assert both.status_code == 422
+        assert "header.idempotency-key" in both.json()["message"]
+        assert "query.cancel_on_disconnect" in both.json()["message"]
+        unchanged = (await client.get(f"/sessions/{session['id']}")).json()
+        assert (unchanged["messages"], unchanged["active_requests"]) == (0, [])  # none started
+
+
+async def test_the_message_routes_headers_and_flag_are_in_the_openapi_document(
+    server: Server,
+) -> None:
+    async with server.client() as client:
+        document = (await client.get("/openapi.json")).json()
+    operation = document["paths"]["/sessions/{session_id}/messages"]["post"]
+    parameters = {(p["in"], p["name"]): p for p in operation["parameters"]}
+    assert set(parameters) == {
+        ("path", "session_id"),
+        ("header", "accept"),
+        ("header", "idempotency-key"),
+        ("header", "last-event-id"),
+        ("query", "cancel_on_disconnect"),
+    }
+    assert parameters["header", "idempotency-key"]["schema"]["maxLength"] == 200
+    assert parameters["query", "cancel_on_disconnect"]["schema"]["type"] == "boolean"
+
 
 async def test_body_over_the_limit_is_413(make_settings) -> None:
     from tests.server.conftest import started
