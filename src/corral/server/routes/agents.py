@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from corral.server._agents import AgentEntry
-from corral.server.routes._deps import RuntimeDep, TenantDep
+from corral.server.routes._deps import CallerDep
 from corral.server.schemas import AgentOut, ErrorOut, ToolOut
 
 __all__ = ["router"]
@@ -29,15 +29,17 @@ def agent_out(entry: AgentEntry) -> AgentOut:
 
 
 @router.get("/agents", response_model=list[AgentOut])
-async def list_agents(runtime: RuntimeDep, tenant: TenantDep) -> list[AgentOut]:
+async def list_agents(caller: CallerDep) -> list[AgentOut]:
     """List the agents sessions can be created with (POST /sessions names one)."""
+    runtime, tenant = caller
     del tenant  # authenticated, not tenant-specific
     return [agent_out(e) for e in runtime.agents.values()]
 
 
 @router.get("/agents/{name}", response_model=AgentOut, responses={404: {"model": ErrorOut}})
-async def get_agent(name: str, runtime: RuntimeDep, tenant: TenantDep) -> AgentOut:
+async def get_agent(name: str, caller: CallerDep) -> AgentOut:
     """Return one agent."""
+    runtime, tenant = caller
     del tenant
     entry = runtime.agents.get(name)
     if entry is None:
@@ -47,11 +49,11 @@ async def get_agent(name: str, runtime: RuntimeDep, tenant: TenantDep) -> AgentO
 
 @router.get("/tools", response_model=list[ToolOut])
 async def list_tools(
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     agent: Annotated[str | None, Query(description="Only this agent's tools.")] = None,
 ) -> list[ToolOut]:
     """List the registered tools, with the JSON schema of their arguments."""
+    runtime, tenant = caller
     del tenant
     if agent is not None and agent not in runtime.agents:
         raise HTTPException(404, f"no agent {agent!r} (agents: {', '.join(runtime.agents)})")

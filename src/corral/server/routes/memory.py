@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import JsonValue
 
 from corral.errors import VersionConflict
-from corral.server.routes._deps import RuntimeDep, TenantDep
+from corral.server.routes._deps import CallerDep
 from corral.server.schemas import AppendIn, ErrorOut, IncrementIn, MemoryOut, PutIn
 from corral.state import MemoryRecord
 
@@ -94,8 +94,9 @@ def _conflict(exc: VersionConflict) -> JSONResponse:
 
 
 @router.get("/memory/{scope}", response_model=list[MemoryOut])
-async def list_memory(scope: str, runtime: RuntimeDep, tenant: TenantDep) -> list[MemoryOut]:
+async def list_memory(scope: str, caller: CallerDep) -> list[MemoryOut]:
     """List the live keys of a scope (``session:<id>``, ``agent:<name>``, ``workspace:<name>``)."""
+    runtime, tenant = caller
     return [memory_out(r) for r in await runtime.store.memory_list(tenant.id, scope)]
 
 
@@ -104,8 +105,9 @@ async def list_memory(scope: str, runtime: RuntimeDep, tenant: TenantDep) -> lis
     response_model=MemoryOut,
     responses={404: {"model": ErrorOut, "description": "No such key."}},
 )
-async def get_memory(scope: str, key: str, runtime: RuntimeDep, tenant: TenantDep) -> Response:
+async def get_memory(scope: str, key: str, caller: CallerDep) -> Response:
     """Return a key's value and version (also its ETag)."""
+    runtime, tenant = caller
     record = await runtime.store.memory_get(tenant.id, scope, key)
     if record is None:
         raise HTTPException(404, f"no memory key {key!r} in {scope!r}")
@@ -117,13 +119,13 @@ async def put_memory(
     scope: str,
     key: str,
     body: PutIn,
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     if_match: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
     writer: Annotated[str, _WRITER] = "api",
 ) -> Response:
     """Replace a value if it is still at the If-Match version; create with If-None-Match: *."""
+    runtime, tenant = caller
     creating = if_none_match is not None and if_none_match.strip() == "*"
     # Version 0 is what a missing key reads as (see memory_read): writing on it creates.
     if_version = None if creating else (_version(if_match, required=True) or None)
@@ -147,12 +149,12 @@ async def patch_memory(
     scope: str,
     key: str,
     patch: Annotated[dict[str, JsonValue], Body(description="An RFC 7386 JSON merge patch.")],
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     if_match: Annotated[str | None, Header()] = None,
     writer: Annotated[str, _WRITER] = "api",
 ) -> Response:
     """Merge-patch a JSON object if it is still at the If-Match version."""
+    runtime, tenant = caller
     expected = _version(if_match, required=True)
     assert expected is not None
     try:
@@ -168,12 +170,12 @@ async def patch_memory(
 async def delete_memory(
     scope: str,
     key: str,
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     if_match: Annotated[str | None, Header()] = None,
     writer: Annotated[str, _WRITER] = "api",
 ) -> Response:
     """Delete a key if it is still at the If-Match version."""
+    runtime, tenant = caller
     expected = _version(if_match, required=True)
     assert expected is not None
     try:
@@ -188,11 +190,11 @@ async def append_memory(
     scope: str,
     key: str,
     body: AppendIn,
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     writer: Annotated[str, _WRITER] = "api",
 ) -> Response:
     """Append an item to the list at a key (created if absent); no precondition needed."""
+    runtime, tenant = caller
     record = await runtime.store.memory_append(tenant.id, scope, key, body.item, writer=writer)
     return _with_etag(record)
 
@@ -202,10 +204,10 @@ async def increment_memory(
     scope: str,
     key: str,
     body: IncrementIn,
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     writer: Annotated[str, _WRITER] = "api",
 ) -> Response:
     """Add to the number at a key (created if absent); no precondition needed."""
+    runtime, tenant = caller
     record = await runtime.store.memory_increment(tenant.id, scope, key, body.by, writer=writer)
     return _with_etag(record)

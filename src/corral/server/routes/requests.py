@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from corral.server._fleet import CancelOrder
 from corral.server._sse import last_event_id as resume_point
-from corral.server.routes._deps import RuntimeDep, TenantDep
+from corral.server.routes._deps import CallerDep
 from corral.server.routes._render import event_stream, gone, record_out, request_out
 from corral.server.schemas import CancelOut, ErrorOut, RequestOut
 
@@ -22,8 +22,9 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/requests/{request_id}", response_model=RequestOut, responses=_NOT_FOUND)
-async def get_request(request_id: str, runtime: RuntimeDep, tenant: TenantDep) -> RequestOut:
+async def get_request(request_id: str, caller: CallerDep) -> RequestOut:
     """Return a request's state, and its result once done."""
+    runtime, tenant = caller
     live = runtime.live(tenant.id, request_id)
     if live is not None:
         return request_out(live)
@@ -44,13 +45,13 @@ async def get_request(request_id: str, runtime: RuntimeDep, tenant: TenantDep) -
 )
 async def request_events(
     request_id: str,
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
     cancel_on_disconnect: Annotated[bool, Query()] = False,
 ) -> Response:
     """Stream a request's events; a reconnecting client resumes after the last id it saw."""
+    runtime, tenant = caller
     live = runtime.live(tenant.id, request_id)
     if live is None:
         record = await runtime.request_record(tenant.id, request_id)
@@ -72,8 +73,9 @@ async def request_events(
 
 
 @router.delete("/requests/{request_id}", response_model=CancelOut, responses=_NOT_FOUND)
-async def cancel_request(request_id: str, runtime: RuntimeDep, tenant: TenantDep) -> CancelOut:
+async def cancel_request(request_id: str, caller: CallerDep) -> CancelOut:
     """Cancel one request; its stream ends with a `cancelled` event. 0 if it had ended."""
+    runtime, tenant = caller
     reason = f"cancelled by DELETE /requests/{request_id}"
     if runtime.live(tenant.id, request_id) is None:
         record = await runtime.request_record(tenant.id, request_id)  # 404 unless the tenant's

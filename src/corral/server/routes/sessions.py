@@ -11,7 +11,7 @@ from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from corral.server._fleet import CancelOrder
 from corral.server._sse import last_event_id as resume_point
-from corral.server.routes._deps import RuntimeDep, TenantDep
+from corral.server.routes._deps import CallerDep
 from corral.server.routes._render import (
     event_stream,
     gone,
@@ -40,8 +40,9 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/sessions", status_code=201, response_model=SessionOut)
-async def create_session(body: CreateSession, runtime: RuntimeDep, tenant: TenantDep) -> SessionOut:
+async def create_session(body: CreateSession, caller: CallerDep) -> SessionOut:
     """Create a session of an agent; it keeps its history across requests and restarts."""
+    runtime, tenant = caller
     record = await runtime.create_session(
         tenant.id, agent=body.agent, policy=body.policy, metadata=body.metadata
     )
@@ -50,25 +51,27 @@ async def create_session(body: CreateSession, runtime: RuntimeDep, tenant: Tenan
 
 @router.get("/sessions", response_model=list[SessionOut])
 async def list_sessions(
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
 ) -> list[SessionOut]:
     """List the sessions of this API key's tenant, oldest first."""
+    runtime, tenant = caller
     records = await runtime.store.list_sessions(tenant.id, limit=limit)
     return [session_out(r, runtime.loaded(tenant.id, r.id)) for r in records]
 
 
 @router.get("/sessions/{session_id}", response_model=SessionOut, responses=_NOT_FOUND)
-async def get_session(session_id: str, runtime: RuntimeDep, tenant: TenantDep) -> SessionOut:
+async def get_session(session_id: str, caller: CallerDep) -> SessionOut:
     """Return a session, with the requests it has in flight."""
+    runtime, tenant = caller
     record = await runtime.store.get_session(tenant.id, session_id)
     return session_out(record, runtime.loaded(tenant.id, session_id))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, responses=_NOT_FOUND)
-async def delete_session(session_id: str, runtime: RuntimeDep, tenant: TenantDep) -> Response:
+async def delete_session(session_id: str, caller: CallerDep) -> Response:
     """Delete a session: cancel its requests, drop its history, memory and working directory."""
+    runtime, tenant = caller
     await runtime.delete_session(tenant.id, session_id)
     return Response(status_code=204)
 
@@ -78,12 +81,12 @@ async def delete_session(session_id: str, runtime: RuntimeDep, tenant: TenantDep
 )
 async def list_messages(
     session_id: str,
-    runtime: RuntimeDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     after: Annotated[int, Query(ge=0, description="Only messages with a larger seq.")] = 0,
     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
 ) -> list[MessageOut]:
     """Return the session's history: every finished turn, in order, numbered without gaps."""
+    runtime, tenant = caller
     stored = await runtime.store.list_messages(tenant.id, session_id, after_seq=after, limit=limit)
     return [
         MessageOut(
@@ -179,9 +182,10 @@ def _message_options(request: Request) -> tuple[str | None, str | None, str | No
     },
 )
 async def send_message(
-    session_id: str, body: SendMessage, runtime: RuntimeDep, tenant: TenantDep, request: Request
+    session_id: str, body: SendMessage, caller: CallerDep, request: Request
 ) -> Response:
     """Send a user message: start a request, and stream its events or return its id."""
+    runtime, tenant = caller
     accept, idempotency_key, last_event_id, cancel_on_disconnect = _message_options(request)
     attached = await runtime.submit(
         tenant.id,
@@ -210,8 +214,9 @@ async def send_message(
 
 
 @router.post("/sessions/{session_id}/cancel", response_model=CancelOut, responses=_NOT_FOUND)
-async def cancel_session(session_id: str, runtime: RuntimeDep, tenant: TenantDep) -> CancelOut:
+async def cancel_session(session_id: str, caller: CallerDep) -> CancelOut:
     """Cancel every request of the session in flight (running or queued)."""
+    runtime, tenant = caller
     await runtime.store.get_session(tenant.id, session_id)
     reason = "cancelled with every request of its session"
     order = CancelOrder(tenant.id, "session", session_id, reason)
