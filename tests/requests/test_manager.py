@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,11 @@ class FakeProvider:
 
     async def aclose(self) -> None:
         pass
+
+
+def on_clock(clock: ManualClock, provider: FakeProvider, **options: Any) -> RequestManager:
+    """A manager whose timeouts and janitor run on the test's manual clock."""
+    return RequestManager(provider, clock=clock, sleep=clock.sleep, **options)
 
 
 def req(text: str = "hi", *, temperature: float | None = 0.0) -> ModelRequest:
@@ -242,13 +248,12 @@ async def test_the_janitor_reaps_requests_that_waited_or_ran_too_long() -> None:
     clock = ManualClock()
     provider = FakeProvider(chunks=3)
     provider.step = asyncio.Event()
-    manager = RequestManager(
+    manager = on_clock(
+        clock,
         provider,
         max_concurrent_requests=1,
         queue_timeout_s=5,
         processing_timeout_s=10,
-        clock=clock,
-        sleep=clock.sleep,
     )
     async with manager:
         running = manager.submit(req("long"))
@@ -296,7 +301,7 @@ async def test_a_subscriber_resumes_after_the_last_event_it_saw() -> None:
 async def test_a_cached_answer_is_replayed_without_a_provider_call() -> None:
     clock = ManualClock()
     provider = FakeProvider(chunks=3)
-    async with RequestManager(provider, cache_ttl_s=30, clock=clock, sleep=clock.sleep) as manager:
+    async with on_clock(clock, provider, cache_ttl_s=30) as manager:
         first = await drain(manager.submit(req()))
         second = await drain(manager.submit(req()))
         assert provider.calls == 1
@@ -395,14 +400,13 @@ async def test_the_janitor_wakes_when_something_can_expire_and_not_before() -> N
 async def test_a_request_submitted_while_the_janitor_sleeps_long_is_reaped_in_time() -> None:
     clock = ManualClock()
     provider = FakeProvider(chunks=3)
-    manager = RequestManager(
+    manager = on_clock(
+        clock,
         provider,
         max_concurrent_requests=1,
         queue_timeout_s=5,
         retention_s=300,
         janitor_interval_s=1,
-        clock=clock,
-        sleep=clock.sleep,
     )
     async with manager:
         await drain(manager.submit(req("first")))  # its log is kept 300 s
@@ -455,9 +459,7 @@ async def test_an_unshareable_call_runs_in_its_callers_task() -> None:
 
 async def test_a_stop_never_cuts_the_callers_own_code_between_events() -> None:
     clock = ManualClock()
-    manager = RequestManager(
-        FakeProvider(chunks=5), processing_timeout_s=10, clock=clock, sleep=clock.sleep
-    )
+    manager = on_clock(clock, FakeProvider(chunks=5), processing_timeout_s=10)
     outside = asyncio.Event()
     async with manager:
         events = manager.stream(unshared())
@@ -482,7 +484,7 @@ async def test_a_driven_call_is_stopped_where_it_waits_on_the_provider() -> None
     clock = ManualClock()
     provider = FakeProvider(chunks=3)
     provider.step = asyncio.Event()
-    manager = RequestManager(provider, processing_timeout_s=10, clock=clock, sleep=clock.sleep)
+    manager = on_clock(clock, provider, processing_timeout_s=10)
     async with manager:
 
         async def consume() -> list[ProviderEvent]:
@@ -503,9 +505,7 @@ async def test_driven_calls_wait_their_turn_and_expire_in_the_queue() -> None:
     clock = ManualClock()
     provider = FakeProvider(chunks=2)
     provider.step = asyncio.Event()
-    manager = RequestManager(
-        provider, max_concurrent_requests=1, queue_timeout_s=5, clock=clock, sleep=clock.sleep
-    )
+    manager = on_clock(clock, provider, max_concurrent_requests=1, queue_timeout_s=5)
     async with manager:
 
         async def consume(text: str) -> list[ProviderEvent]:

@@ -23,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -338,51 +338,22 @@ class RequestManager(AsyncResource):
         flight = self._admit(request, None, request_id, driven=True)
         flight.task = asyncio.current_task()
         flight.handles += 1
-        terminal: StreamEvent = StreamCancelled("the subscriber left")
         try:
             self._dispatch()
             while flight.state is FlightState.QUEUED:
                 await flight.log.changed()  # dispatched (poked), or ended (its terminal event)
-            if flight.state is FlightState.DONE:
-                terminal = flight.log.events()[-1]  # reaped or closed while it waited
-            else:
-                events = self._provider.stream(flight.request)
-                try:
-                    flight.inside = True  # a stop may cancel this task only while it waits here
-                    async with self._streams:
-                        while flight.terminal is None:
-                            try:
-                                event = await anext(events)
-                            except StopAsyncIteration:
-                                break
-                            if not isinstance(event, Usage):
-                                flight.emitted = True
-                            flight.log.append(event)  # for `attach`, as a flight task does
-                            flight.inside = False
-                            yield event
-                            flight.inside = True
-                finally:
-                    flight.inside = False
-                    aclose = getattr(events, "aclose", None)
-                    if aclose is not None:
-                        # Closing a stream given up on: its own failure would only hide why.
-                        with contextlib.suppress(Exception):
-                            await aclose()
-                # A stop that came while this task was out (at the yield) ends it here.
-                terminal = flight.terminal or StreamDone()
+            if flight.state is not FlightState.DONE:
+                async with contextlib.aclosing(self._pump(flight)) as events:
+                    async for event in events:
+                        yield event
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            # The manager's own stop (it set a terminal event) ends the call, and only it.
-            if flight.terminal is None or task is None or task.uncancel() > 0:
-                terminal = flight.terminal or StreamCancelled("the request was cancelled")
-                raise
-            terminal = flight.terminal
-        except Exception as exc:
-            terminal = StreamFailed(ErrorInfo.from_exception(exc))
+            # Cancelled while it waited its turn (`_pump` ends the flight itself).
+            self._end(flight, flight.terminal or StreamCancelled("the request was cancelled"))
+            raise
         finally:
             flight.handles -= 1
-            self._end(flight, terminal)
-        _assemble(request_id, [terminal])  # raises, unless the stream ended normally
+            self._end(flight, StreamCancelled("the subscriber left"))  # unless ended already
+        _assemble(request_id, flight.log.events()[-1:])  # raises, unless it ended normally
 
     def capabilities(self, model: str) -> ModelCapabilities:
         """Return the wrapped provider's capabilities for `model`."""
@@ -443,24 +414,53 @@ class RequestManager(AsyncResource):
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, flight: Flight) -> None:
-        terminal: StreamEvent = StreamDone()
+        async for _ in self._pump(flight):
+            pass  # the events are in the log, for the subscribers
+
+    async def _pump(self, flight: Flight) -> AsyncGenerator[ProviderEvent, None]:
+        """Stream the flight's call into its log, yield each event, and end the flight.
+
+        A flight task runs it through; a driven call's own task passes each event on. A stop
+        cancels the running task, and the task's cancellation ends the call only if it is the
+        manager's own (it set a terminal event); a driven task is cancelled only while it waits
+        here (`inside`), and a stop that came while it was out ends the call when it is back.
+        """
+        terminal: StreamEvent = StreamCancelled("the subscriber left")
+        events: AsyncIterator[ProviderEvent] | None = None
         try:
+            flight.inside = True
             async with self._streams:
-                async for event in self._provider.stream(flight.request):
+                events = self._provider.stream(flight.request)
+                while flight.terminal is None:
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
                     if not isinstance(event, Usage):
                         flight.emitted = True
                     flight.log.append(event)
+                    flight.inside = False
+                    yield event
+                    flight.inside = True
+            terminal = flight.terminal or StreamDone()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             # Absorb only the cancellations the manager issued (they carry a terminal event).
             if flight.terminal is None or task is None or task.uncancel() > 0:
                 flight.terminal = flight.terminal or StreamCancelled("the request was cancelled")
-                self._end(flight, flight.terminal)
+                terminal = flight.terminal
                 raise
             terminal = flight.terminal
         except Exception as exc:
             terminal = StreamFailed(ErrorInfo.from_exception(exc))
-        self._end(flight, terminal)
+        finally:
+            flight.inside = False
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                # Closing a stream given up on: its own failure would only hide why.
+                with contextlib.suppress(Exception):
+                    await aclose()
+            self._end(flight, terminal)
 
     def _end(self, flight: Flight, terminal: StreamEvent) -> None:
         if flight.state is FlightState.DONE:

@@ -252,21 +252,19 @@ class Callgrind:
         self._dumps = 0
 
     @staticmethod
-    def argv(argv: list[str], out: Path) -> list[str]:
-        """Return `argv` run under callgrind, writing its counts to `out` (and `out.N`)."""
-        valgrind = shutil.which("valgrind")
-        if valgrind is None or shutil.which("callgrind_control") is None:
+    def tools() -> tuple[str, str]:
+        """Return the paths of valgrind and callgrind_control.
+
+        Raises:
+            ServerBenchError: either is not on PATH.
+        """
+        valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+        if valgrind is None or control is None:
             raise ServerBenchError(
                 "counting instructions needs valgrind and callgrind_control on PATH "
                 "(Debian: apt-get install valgrind)"
             )
-        return [
-            valgrind,
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            "--dump-instr=no",
-            *argv,
-        ]
+        return valgrind, control
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -274,10 +272,15 @@ class Callgrind:
         cls, name: str, argv: list[str], root: Path, env: dict[str, str] | None = None
     ) -> AsyncIterator[Callgrind]:
         """Run `argv` under callgrind (stopped on exit, as `_process` stops a process)."""
+        valgrind, control = cls.tools()
         out = root / f"{name.replace(' ', '-')}.callgrind"
-        wrapped = cls.argv(argv, out)
-        control = shutil.which("callgrind_control")
-        assert control is not None  # checked by argv()
+        wrapped = [
+            valgrind,
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            "--dump-instr=no",
+            *argv,
+        ]
         async with _process(name, wrapped, root / f"{out.name}.log", env) as process:
             yield cls(process, out, control)
 
