@@ -68,7 +68,7 @@ async def test_the_fake_model_calls_both_tools_then_quotes_their_results() -> No
 
 
 def test_the_report_shows_loaded_levels_beside_the_verdict() -> None:
-    from corral.cli.bench_server._run import LevelFigures, ServerBenchFigures
+    from corral.cli.bench_server._run import Instructions, LevelFigures, ServerBenchFigures
 
     def level(clients: int, cpu_ms: float) -> LevelFigures:
         return LevelFigures(clients, 100, 10.0, (2.0, 9.0), (150.0, 170.0), 0, (), cpu_ms, 1.0, 1.0)
@@ -81,11 +81,14 @@ def test_the_report_shows_loaded_levels_beside_the_verdict() -> None:
     assert "7.00 ms <= 5 ms" in text
     assert "10 clients or more (worst)" in text
     assert "3.50 ms" in text
-    counted = ServerBenchFigures(figures.levels, None, 140, "db", instructions_per_run=9.6e6)
+    counted = ServerBenchFigures(
+        figures.levels, None, 140, "db", instructions=Instructions(server=9.6e6, model=2.4e6)
+    )
     out = io.StringIO()
-    report(counted, Console(file=out, width=160))
+    report(counted, Console(file=out, width=200))
     assert "server instructions per run (callgrind, 1 client)" in out.getvalue()
     assert "9.60 M" in out.getvalue()
+    assert "2.40 M (server: 4.00x)" in out.getvalue()
 
 
 def test_callgrind_totals_are_read_and_a_file_without_them_is_refused() -> None:

@@ -35,6 +35,7 @@ from corral.server.settings import ServerSettings
 
 __all__ = [
     "LevelFigures",
+    "Instructions",
     "ServerBenchError",
     "ServerBenchFigures",
     "ServerBenchOptions",
@@ -120,6 +121,16 @@ class StreamsFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class Instructions:
+    """Instructions per run, counted under callgrind over the same runs of one client."""
+
+    server: float
+    model: float
+    """The fake model's: its work per run is fixed, so the ratio of the two is how many times
+    the fake model's work the server does per run, whatever the machine's speed."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerBenchFigures:
     """Everything the bench measured."""
 
@@ -127,8 +138,8 @@ class ServerBenchFigures:
     streams: StreamsFigures | None
     unavoidable_ms: float
     database: str
-    instructions_per_run: float | None = None
-    """Instructions the server executed per run under callgrind (`instruction_runs`)."""
+    instructions: Instructions | None = None
+    """Instructions per run under callgrind (`instruction_runs`)."""
 
 
 @dataclass(slots=True)
@@ -581,6 +592,20 @@ async def _held_streams(
     )
 
 
+def _model_argv(port: int, options: ServerBenchOptions) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        _model.__name__,
+        "--port",
+        str(port),
+        "--first-chunk-ms",
+        str(options.first_chunk_ms),
+        "--chunk-ms",
+        str(options.chunk_ms),
+    ]
+
+
 async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchFigures:
     """Start the fake model and the server, run every level and the held streams."""
     with tempfile.TemporaryDirectory(prefix="corral-bench-server-") as tmp:
@@ -592,17 +617,7 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
         model_url = f"http://127.0.0.1:{model_port}"
         base_url = f"http://127.0.0.1:{server_port}"
         (root / "corral.toml").write_text(_config(model_url))
-        model_argv = [
-            sys.executable,
-            "-m",
-            _model.__name__,
-            "--port",
-            str(model_port),
-            "--first-chunk-ms",
-            str(options.first_chunk_ms),
-            "--chunk-ms",
-            str(options.chunk_ms),
-        ]
+        model_argv = _model_argv(model_port, options)
         server_env = {
             API_KEY_ENV: "sk-bench",
             "CORRAL_PORT": str(server_port),
@@ -649,14 +664,7 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
                     f"[dim]instructions: {options.instruction_runs} runs of a server under "
                     "callgrind (slow: valgrind runs it ~50x slower)...[/]"
                 )
-                instructions = await _instructions(
-                    http,
-                    root,
-                    server_argv,
-                    server_env,
-                    options.instruction_runs,
-                    fresh_database=options.database_url is None,
-                )
+                instructions = await _instructions(http, root, server_argv, server_env, options)
     unavoidable = (
         2 * options.first_chunk_ms
         + (_model.TOOL_CHUNKS - 1 + _model.TEXT_CHUNKS - 1) * options.chunk_ms
@@ -671,34 +679,66 @@ async def _instructions(
     root: Path,
     server_argv: list[str],
     server_env: dict[str, str],
-    runs: int,
-    *,
-    fresh_database: bool,
-) -> float:
-    """Return the instructions per run of a second server, under callgrind, one client.
+    options: ServerBenchOptions,
+) -> Instructions:
+    """Count the instructions per run of the server and of the fake model, under callgrind.
 
-    On SQLite (the default) it gets a database of its own: the levels before it filled theirs
-    with thousands of sessions, and a deeper table costs more per write, so the count would
-    depend on what ran first.
+    Each is counted in a pass of its own, a second server and a second model, one client,
+    `options.instruction_runs` runs after a warm-up: the server beside a model at full speed
+    (as in the levels), then the model beside a server at full speed. Both passes run on a
+    database of their own on SQLite (the default): the levels filled theirs with thousands of
+    sessions, and a deeper table costs more per write, so the count would depend on what ran
+    first.
     """
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {**server_env, "CORRAL_PORT": str(port)}
-    if fresh_database:
-        data = root / "callgrind-data"
-        data.mkdir()
-        env["CORRAL_DATA_DIR"] = str(data)
-        env["CORRAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{data / 'corral.db'}"
-    key = await _create_key(env["CORRAL_DATABASE_URL"])
-    async with Callgrind.run("corral serve under callgrind", server_argv, root, env) as counted:
-        await _wait_until_up(http, f"{base_url}/readyz", counted.process, CALLGRIND_START_TIMEOUT_S)
-        client = _Client(http, base_url, key)
-        for i in range(CALLGRIND_WARMUP_RUNS):
-            await _one_run(client, f"callgrind-warm-{i}")
-        await counted.zero()
-        for i in range(runs):
-            await _one_run(client, f"callgrind-{i}")
-        return await counted.dump() / runs
+    runs = options.instruction_runs
+
+    @contextlib.asynccontextmanager
+    async def pair(name: str, counted: str) -> AsyncIterator[tuple[_Client, Callgrind]]:
+        port, model_port = _free_port(), _free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        model_url = f"http://127.0.0.1:{model_port}"
+        config = root / f"corral-{name}.toml"
+        config.write_text(_config(model_url))
+        argv = [*server_argv[: server_argv.index("--config") + 1], str(config)]
+        env = {**server_env, "CORRAL_PORT": str(port)}
+        if options.database_url is None:
+            data = root / f"{name}-data"
+            data.mkdir()
+            env["CORRAL_DATA_DIR"] = str(data)
+            env["CORRAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{data / 'corral.db'}"
+        key = await _create_key(env["CORRAL_DATABASE_URL"])
+        model_argv = _model_argv(model_port, options)
+        under = f"{counted} under callgrind"
+        async with contextlib.AsyncExitStack() as stack:
+            if counted == "model":
+                grind = await stack.enter_async_context(Callgrind.run(under, model_argv, root))
+                model = grind.process
+                server = await stack.enter_async_context(
+                    _process(f"{name} server", argv, root / f"{name}-server.log", env)
+                )
+            else:
+                model = await stack.enter_async_context(
+                    _process(f"{name} model", model_argv, root / f"{name}-model.log")
+                )
+                grind = await stack.enter_async_context(Callgrind.run(under, argv, root, env))
+                server = grind.process
+            await _wait_until_up(http, f"{model_url}/stats", model, CALLGRIND_START_TIMEOUT_S)
+            await _wait_until_up(http, f"{base_url}/readyz", server, CALLGRIND_START_TIMEOUT_S)
+            yield _Client(http, base_url, key), grind
+
+    async def count(name: str, counted: str) -> float:
+        async with pair(name, counted) as (client, grind):
+            for i in range(CALLGRIND_WARMUP_RUNS):
+                await _one_run(client, f"{name}-warm-{i}")
+            await grind.zero()
+            for i in range(runs):
+                await _one_run(client, f"{name}-{i}")
+            return await grind.dump() / runs
+
+    return Instructions(
+        server=await count("callgrind-server", "corral serve"),
+        model=await count("callgrind-model", "model"),
+    )
 
 
 def _info(figures: ServerBenchFigures) -> list[tuple[str, str]]:
@@ -709,11 +749,15 @@ def _info(figures: ServerBenchFigures) -> list[tuple[str, str]]:
     loaded = [lv.server_cpu_ms_per_run for lv in figures.levels if lv.clients >= 10]
     if loaded and len(loaded) < len(figures.levels):
         info.append(("server CPU per run, 10 clients or more (worst)", f"{max(loaded):.2f} ms"))
-    if figures.instructions_per_run is not None:
+    counted = figures.instructions
+    if counted is not None:
+        info.append(
+            ("server instructions per run (callgrind, 1 client)", f"{counted.server / 1e6:.2f} M")
+        )
         info.append(
             (
-                "server instructions per run (callgrind, 1 client)",
-                f"{figures.instructions_per_run / 1e6:.2f} M",
+                "fake model instructions per run (callgrind, 1 client)",
+                f"{counted.model / 1e6:.2f} M (server: {counted.server / counted.model:.2f}x)",
             )
         )
     return info
