@@ -145,3 +145,50 @@ async def test_callgrind_counts_the_instructions_of_the_work_between_its_marks(
         few, more = await requests(2), await requests(8)
     assert 0 < few < more  # the counts follow the work done between the marks
     assert more > 2.5 * few
+
+
+async def test_the_floor_relays_a_run_with_the_events_corral_sends() -> None:
+    import httpx
+
+    from corral.cli.bench_server._floor import FloorApp
+
+    async with TestServer(make_app(first_chunk_s=0, chunk_s=0)) as model:
+        app = FloorApp(str(model.make_url("")))
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://floor") as http:
+                assert (await http.get("/readyz")).status_code == 200
+                created = await http.post("/sessions", json={"agent": "calc"})
+                assert created.status_code == 201
+                url = f"/sessions/{created.json()['id']}/messages"
+                answer = await http.post(url, json={"message": "r1: add 2 3, multiply -4 5"})
+                assert (await http.get("/nowhere")).status_code == 404
+        finally:
+            await app.aclose()
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "text/event-stream"
+    kinds = [line[7:] for line in answer.text.splitlines() if line.startswith("event: ")]
+    assert kinds[:1] == ["started"]
+    assert kinds[-2:] == ["step_finished", "done"]
+    assert kinds.count("tool_call_started") == kinds.count("tool_call_finished") == 2
+    assert kinds.count("text") >= 2
+    assert '"result":{"text":"add=5 multiply=-20"}' in answer.text
+
+
+async def test_the_floor_is_measured_in_corral_s_place_with_no_target_but_its_answers() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=160)
+    options = ServerBenchOptions(
+        concurrency=(2,), seconds=0.6, warmup_s=0.2, streams=10, floor=True
+    )
+    figures = await measure(options, console)
+    assert figures.floor
+    assert figures.streams is None  # the held streams need corral's gauges
+    (level,) = figures.levels
+    assert level.errors == 0, level.error_samples
+    assert level.runs > 0
+    assert level.server_cpu_ms_per_run > 0
+    assert report(figures, console)
+    text = out.getvalue()
+    assert "the floor: a bare relay in corral serve's place" in text
+    assert "<= 5 ms" not in text

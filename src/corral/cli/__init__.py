@@ -145,6 +145,14 @@ def bench_server(
             "not move; needs valgrind.",
         ),
     ] = 0,
+    floor: Annotated[
+        bool,
+        typer.Option(
+            "--floor",
+            help="Measure the floor instead of corral: a bare relay on the same uvicorn, uvloop "
+            "and model transport, doing a run's I/O with no framework, database or agent.",
+        ),
+    ] = False,
 ) -> None:
     """Load `corral serve` with C clients doing agent runs; report runs/s, latency, CPU."""
     from corral.cli.bench_server import ServerBenchOptions, run_server_bench
@@ -165,6 +173,7 @@ def bench_server(
         streams=streams,
         database_url=database_url,
         instruction_runs=instructions,
+        floor=floor,
     )
     try:
         run_server_bench(options)

@@ -13,7 +13,13 @@ every one must end with the right answer.
 
 With `instruction_runs` (`--instructions N`), a second server runs under valgrind's callgrind and
 its instructions per run are counted over N runs of one client (`Callgrind`): a measure of the
-server's work that, unlike CPU seconds, the machine's speed of the moment does not move.
+server's work that, unlike CPU seconds, the machine's speed of the moment does not move. The fake
+model's are counted the same way, in a pass of its own: its work per run is fixed, so the server's
+count as a multiple of it compares across machines.
+
+With `floor` (`--floor`), a bare relay (`_floor`) stands in corral's place: the same uvicorn,
+uvloop and model transport doing a run's I/O, and nothing else. Its figures are what a run's I/O
+costs on the machine: the floor under corral's own.
 """
 
 from __future__ import annotations
