@@ -34,8 +34,8 @@ from corral.errors import CorralError
 from corral.server.settings import ServerSettings
 
 __all__ = [
-    "LevelFigures",
     "Instructions",
+    "LevelFigures",
     "ServerBenchError",
     "ServerBenchFigures",
     "ServerBenchOptions",
@@ -125,7 +125,7 @@ class StreamsFigures:
 
 @dataclass(frozen=True, slots=True)
 class Instructions:
-    """Instructions per run, counted under callgrind over the same runs of one client."""
+    """Instructions per run, counted under callgrind over runs of one client."""
 
     server: float
     model: float
@@ -688,8 +688,8 @@ async def measure(options: ServerBenchOptions, console: Console) -> ServerBenchF
             instructions = None
             if options.instruction_runs:
                 console.print(
-                    f"[dim]instructions: {options.instruction_runs} runs of a server under "
-                    "callgrind (slow: valgrind runs it ~50x slower)...[/]"
+                    f"[dim]instructions: {options.instruction_runs} runs of a server, then of "
+                    "the fake model, under callgrind (slow: valgrind runs each ~50x slower)...[/]"
                 )
                 instructions = await _instructions(http, root, server_env, options)
     unavoidable = (
@@ -721,7 +721,7 @@ async def _instructions(
     runs = options.instruction_runs
 
     @contextlib.asynccontextmanager
-    async def pair(name: str, counted: str) -> AsyncIterator[tuple[_Client, Callgrind]]:
+    async def pair(name: str, *, count_model: bool) -> AsyncIterator[tuple[_Client, Callgrind]]:
         port, model_port = _free_port(), _free_port()
         base_url = f"http://127.0.0.1:{port}"
         model_url = f"http://127.0.0.1:{model_port}"
@@ -734,9 +734,9 @@ async def _instructions(
             env["CORRAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{data / 'corral.db'}"
         key = await _create_key(env["CORRAL_DATABASE_URL"])
         model_argv = _model_argv(model_port, options)
-        under = f"{counted} under callgrind"
+        under = f"{'fake model' if count_model else 'corral serve'} under callgrind"
         async with contextlib.AsyncExitStack() as stack:
-            if counted == "model":
+            if count_model:
                 grind = await stack.enter_async_context(Callgrind.run(under, model_argv, root))
                 model = grind.process
                 server = await stack.enter_async_context(
@@ -752,8 +752,8 @@ async def _instructions(
             await _wait_until_up(http, f"{base_url}/readyz", server, CALLGRIND_START_TIMEOUT_S)
             yield _Client(http, base_url, key), grind
 
-    async def count(name: str, counted: str) -> float:
-        async with pair(name, counted) as (client, grind):
+    async def count(name: str, *, count_model: bool) -> float:
+        async with pair(name, count_model=count_model) as (client, grind):
             for i in range(CALLGRIND_WARMUP_RUNS):
                 await _one_run(client, f"{name}-warm-{i}")
             await grind.zero()
@@ -762,8 +762,8 @@ async def _instructions(
             return await grind.dump() / runs
 
     return Instructions(
-        server=await count("callgrind-server", "corral serve"),
-        model=await count("callgrind-model", "model"),
+        server=await count("callgrind-server", count_model=False),
+        model=await count("callgrind-model", count_model=True),
     )
 
 
