@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
+from corral.cli.bench_server import _model
 from corral.cli.bench_server._model import make_app
 from corral.cli.bench_server._run import ServerBenchOptions, measure, report
 
@@ -192,3 +193,53 @@ async def test_the_floor_is_measured_in_corral_s_place_with_no_target_but_its_an
     text = out.getvalue()
     assert "the floor: a bare relay in corral serve's place" in text
     assert "<= 5 ms" not in text
+
+
+async def test_instructions_count_the_server_then_the_model_each_in_a_pass_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # callgrind itself is stood in for (the real one takes minutes): each pass's processes run
+    # as they are, and the stand-in reports a fixed total for the process it would count (1000
+    # for a server, 250 for a model), so the figures show which process each pass counted.
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from corral.cli.bench_server import _run
+
+    counted: list[list[str]] = []
+
+    class Counter:
+        def __init__(self, process: _run._Process, argv: list[str]) -> None:
+            self.process = process
+            self.argv = argv
+            self.zeroed = False
+
+        async def zero(self) -> None:
+            self.zeroed = True
+
+        async def dump(self) -> int:
+            assert self.zeroed
+            return 1000 if "serve" in self.argv else 250
+
+    @contextlib.asynccontextmanager
+    async def run(
+        name: str, argv: list[str], root: Path, env: dict[str, str] | None = None
+    ) -> AsyncIterator[Counter]:
+        counted.append(argv)
+        async with _run._process(name, argv, root / f"{len(counted)}.log", env) as process:
+            yield Counter(process, argv)
+
+    monkeypatch.setattr(_run.Callgrind, "run", run)
+    monkeypatch.setattr(_run, "CALLGRIND_WARMUP_RUNS", 1)
+    options = ServerBenchOptions(instruction_runs=2)
+    env = {_run.API_KEY_ENV: "sk-bench", "CORRAL_LOG_LEVEL": "warning"}
+    env["CORRAL_CREATE_DEV_KEY"] = "false"
+    async with aiohttp.ClientSession() as http:
+        figures = await _run._instructions(http, tmp_path, env, options)
+    assert figures == _run.Instructions(server=500.0, model=125.0)
+    assert len(counted) == 2
+    assert "serve" in counted[0]  # first pass: the server under callgrind
+    assert _model.__name__ in counted[1]  # second pass: the fake model
+    # Each pass ran on a database of its own, away from the levels' one.
+    assert (tmp_path / "callgrind-server-data" / "corral.db").exists()
+    assert (tmp_path / "callgrind-model-data" / "corral.db").exists()
