@@ -243,3 +243,41 @@ async def test_instructions_count_the_server_then_the_model_each_in_a_pass_of_it
     # Each pass ran on a database of its own, away from the levels' one.
     assert (tmp_path / "callgrind-server-data" / "corral.db").exists()
     assert (tmp_path / "callgrind-model-data" / "corral.db").exists()
+
+
+async def test_the_floor_takes_as_many_model_streams_at_once_as_corral_serve_does() -> None:
+    import httpx
+
+    from corral.cli.bench_server._floor import FloorApp
+    from corral.server.settings import ServerSettings
+
+    cap = ServerSettings.model_fields["max_concurrent_llm_streams"].default
+    async with TestClient(TestServer(make_app(first_chunk_s=0, chunk_s=0))) as model:
+        app = FloorApp(str(model.make_url("")))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://floor") as http:
+
+                async def run(i: int) -> str:
+                    url = "/sessions/s/messages"
+                    answer = await http.post(
+                        url, json={"message": f"hold {i}: add {i} 1, multiply 2 3"}
+                    )
+                    return answer.text
+
+                async def held() -> int:
+                    return int((await (await model.get("/stats")).json())["held"])
+
+                async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+                    runs = [tg.create_task(run(i)) for i in range(cap + 5)]
+                    while True:  # until the model holds `cap` calls (the timeout bounds it)
+                        if await held() >= cap:
+                            break
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.1)  # the other 5 wait for a slot, not at the model
+                    assert await held() == cap
+                    await model.post("/release")
+        finally:
+            await app.aclose()
+    for i, task in enumerate(runs):
+        assert f'"text":"add={i + 1} multiply=6"' in task.result()

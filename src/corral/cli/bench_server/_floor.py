@@ -7,7 +7,9 @@ It answers the bench client as `corral serve` does (`POST /sessions`, then `POST
 over the same stack below the application: uvicorn with httptools on uvloop and corral's
 head-joining protocol, and corral's own model transport (`WireClient`, aiohttp) and SSE decoder.
 Between the two there is no framework, no database, no API key, no agent, scheduler or request
-manager: one raw ASGI function per route, the two tools run inline (20 ms each, at once).
+manager: one raw ASGI function per route, the two tools run inline (20 ms each, at once). Model
+calls take one of as many slots as `corral serve` has provider streams by default, so that with
+many clients the relay queues for the model as corral does.
 
 So its CPU per run is what the I/O of a run costs on this machine at each client count: what
 any server written on these libraries pays before doing anything of its own. `corral bench
@@ -28,6 +30,7 @@ from corral._json import dumps, loads
 from corral.cli.bench_server._tools import TOOL_WAIT_S
 from corral.providers._wire import WireClient
 from corral.server._http import CoalescingHTTPProtocol
+from corral.server.settings import ServerSettings
 
 __all__ = ["FloorApp", "main"]
 
@@ -68,6 +71,9 @@ class FloorApp:
             timeout_s=60.0,
         )
         self._ids = itertools.count(1)
+        self._streams = asyncio.Semaphore(
+            ServerSettings.model_fields["max_concurrent_llm_streams"].default
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route: lifespan, `GET /readyz`, `POST /sessions`, `POST /sessions/{id}/messages`."""
@@ -121,9 +127,10 @@ class FloorApp:
         await event("started", {"type": "started"})
         messages: list[dict[str, Any]] = [{"role": "user", "content": message}]
         calls: dict[int, dict[str, Any]] = {}
-        async for chunk in self._model.stream(self._request(messages), "the fake model"):
-            for delta_call in chunk["choices"][0]["delta"].get("tool_calls") or ():
-                calls[delta_call["index"]] = delta_call
+        async with self._streams:
+            async for chunk in self._model.stream(self._request(messages), "the fake model"):
+                for delta_call in chunk["choices"][0]["delta"].get("tool_calls") or ():
+                    calls[delta_call["index"]] = delta_call
         for call in calls.values():
             await event("tool_call_started", {"type": "tool_call_started", "call": call})
         results = await asyncio.gather(*(_tool(call) for call in calls.values()))
@@ -136,12 +143,13 @@ class FloorApp:
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": str(result)})
         await event("step_finished", {"type": "step_finished", "step": 1})
         text = []
-        async for chunk in self._model.stream(self._request(messages), "the fake model"):
-            choices = chunk.get("choices") or ()
-            piece = choices[0]["delta"].get("content") if choices else None
-            if piece:
-                text.append(piece)
-                await event("text", {"type": "text", "text": piece})
+        async with self._streams:
+            async for chunk in self._model.stream(self._request(messages), "the fake model"):
+                choices = chunk.get("choices") or ()
+                piece = choices[0]["delta"].get("content") if choices else None
+                if piece:
+                    text.append(piece)
+                    await event("text", {"type": "text", "text": piece})
         await event("step_finished", {"type": "step_finished", "step": 2})
         await event("done", {"type": "done", "result": {"text": "".join(text)}}, last=True)
 
