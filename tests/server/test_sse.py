@@ -148,3 +148,59 @@ async def test_a_reader_takes_what_is_there_or_waits_with_a_time_limit() -> None
     assert (await later).seq == 3  # type: ignore[union-attr]
     with pytest.raises(StopAsyncIteration):
         await reader.next_within(5)  # closed, and every event read
+
+
+async def test_the_head_waits_for_the_first_event_to_go_out_with_it() -> None:
+    log = EventLog()
+    sent: list[tuple[str, int]] = []  # (message type, events logged when it was sent)
+    done = asyncio.Event()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append((message["type"], len(log)))
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            done.set()
+
+    async def receive() -> dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    # The first event is logged a loop turn after the response starts, as a request's task does.
+    loop = asyncio.get_running_loop()
+    loop.call_soon(lambda: log.append(Started(log.next_seq, "r1", history_len=0)))
+    loop.call_later(
+        0.01, lambda: log.append(Cancelled(log.next_seq, "r1", reason="t", started=True))
+    )
+    await EventStream(log.read(), ping_s=30)({"type": "http"}, receive, send)
+    # No head went out before there was an event to send with it, and the first body follows it.
+    assert sent[0] == ("http.response.start", 1)
+    assert sent[1] == ("http.response.body", 1)
+
+
+async def test_a_stream_with_nothing_to_say_gets_its_head_at_once_all_the_same() -> None:
+    log = EventLog()
+    started = asyncio.Event()
+    bodies: list[bytes] = []
+    done = asyncio.Event()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.set()
+        else:
+            bodies.append(message["body"])
+            if not message["more_body"]:
+                done.set()
+
+    async def receive() -> dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    streaming = asyncio.ensure_future(
+        EventStream(log.read(), ping_s=30)({"type": "http"}, receive, send)
+    )
+    # Well before the first ping (30 s): the head alone, no body yet.
+    await asyncio.wait_for(started.wait(), 5)
+    assert bodies == []
+    log.append(Cancelled(log.next_seq, "r1", reason="test", started=False))
+    await asyncio.wait_for(streaming, 5)
+    assert [e["id"] for e in parse_sse(b"".join(bodies).decode())] == [1]
+    assert bodies[0].startswith(b"retry: 1000\n\nid: 1\n")

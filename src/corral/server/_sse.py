@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 _RETRY_MS = 1000
 """Sent first: how long an EventSource waits before reconnecting."""
+_HEAD_WAIT_S = 0.05
+"""How long the response's head waits for the first event, to go out in the same write."""
 
 
 def frame(event: Event) -> bytes:
@@ -146,17 +148,29 @@ class EventStream(Response):
             await self.background()
 
     async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        # The head waits a moment for the first event, which is often a loop turn away (the
+        # request's task logs it), so that the two go out in one write (`_http`); a stream
+        # with nothing to say yet gets its head alone after `_HEAD_WAIT_S`.
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        started = False
         # The reconnection delay goes out with the first frames, in their write.
         prefix = f"retry: {_RETRY_MS}\n\n".encode()
         events = self._events
         while True:
+            wait = self._ping_s if started else min(self._ping_s, _HEAD_WAIT_S)
             try:
-                event = await events.next_within(self._ping_s)
+                event = await events.next_within(wait)
             except StopAsyncIteration:
+                if not started:
+                    await send(start)
                 if prefix:
                     await _body(send, prefix)
                 break
+            if not started:
+                started = True
+                await send(start)
+                if event is None and wait < self._ping_s:
+                    continue  # no first event yet: the head alone, then wait as usual
             if event is None:  # quiet for ping_s
                 await _body(send, prefix + b": ping\n\n")
                 prefix = b""
