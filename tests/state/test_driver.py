@@ -103,3 +103,18 @@ def test_driver_errors_are_sqlalchemys_and_expanding_lists_are_refused(engine: s
         expanding = sa.select(sessions).where(sessions.c.id.in_(["s1", "s2"]))
         with pytest.raises(sa_exc.ArgumentError, match="expanding"):
             driver.execute(expanding)
+
+
+def test_a_statement_has_a_plan_per_dialect() -> None:
+    # One process may run the same statement on SQLite and on PostgreSQL (the test suite does):
+    # each gets its own SQL and parameters.
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from corral.state._driver import _plan
+
+    stmt = sa.update(sessions).where(sessions.c.id == sa.bindparam("b_id")).values(last_seq=1)
+    lite = _plan(stmt, ("b_id",), sqlite.dialect())
+    pg = _plan(stmt, ("b_id",), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
+    assert "?" in lite.sql
+    assert "$1" in pg.sql
+    assert _plan(stmt, ("b_id",), sqlite.dialect()) is lite

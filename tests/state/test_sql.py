@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral import Message, UsageError
 from corral.errors import StateError
@@ -558,6 +558,37 @@ async def test_postgres_one_statement_writes_run_without_a_transaction(
         assert begins == ["begin"]
         assert store.statistics().idle
     finally:
+        await store.aclose()
+
+
+async def test_postgres_writes_run_on_the_driver_and_reads_through_sqlalchemy(
+    postgres_url: str,
+) -> None:
+    """A write's statements skip SQLAlchemy's execution (see _driver.py); a read keeps it."""
+    store = await SqlStore.connect(postgres_url)
+    executed: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        executed.append(statement.split()[0])
+
+    engine = store._engine
+    assert isinstance(engine, AsyncEngine)
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        tenant = await store.create_tenant("acme")
+        session = await store.create_session(tenant.id)
+        request, _ = await store.record_request(tenant.id, session.id)
+        await store.finish_request(
+            tenant.id, request.id, status="done", messages=[Message.user("x"), Message.user("y")]
+        )
+        assert executed == []
+        messages = await store.list_messages(tenant.id, session.id)
+        assert [m.seq for m in messages] == [1, 2]
+        assert executed  # the read went through SQLAlchemy
+        assert (await store.get_request(tenant.id, request.id)).status == "done"
+        assert store.statistics().idle
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
         await store.aclose()
 
 

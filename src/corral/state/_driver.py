@@ -19,18 +19,20 @@ and iteration, rows read by attribute.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import Dialect
 
-__all__ = ["DriverConnection"]
+__all__ = ["DriverConnection", "run_on_driver"]
 
 Processor = Callable[[Any], Any] | None
+T = TypeVar("T")
 
 
 class _Plan(NamedTuple):
@@ -41,17 +43,20 @@ class _Plan(NamedTuple):
     results: tuple[Processor, ...]
 
 
-# Plans of the statements in use, per statement object and parameter names: the store's hot
-# statements are built once (functools.cache), so their plans are made once too; a statement
-# built for one call takes its plan with it when it goes.
-_PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _Plan]] = weakref.WeakKeyDictionary()
+# Plans of the statements in use, per statement object, dialect (its name and driver: SQL and
+# parameters differ between them, and one process may use two) and parameter names: the store's
+# hot statements are built once (functools.cache), so their plans are made once too; a statement
+# built for one call takes its plans with it when it goes.
+_PlanKey = tuple[str, str, tuple[str, ...]]
+_PLANS: weakref.WeakKeyDictionary[Any, dict[_PlanKey, _Plan]] = weakref.WeakKeyDictionary()
 
 
 def _plan(stmt: Any, keys: tuple[str, ...], dialect: Dialect) -> _Plan:
     by_keys = _PLANS.get(stmt)
     if by_keys is None:
         by_keys = _PLANS[stmt] = {}
-    plan = by_keys.get(keys)
+    key = (dialect.name, dialect.driver, keys)
+    plan = by_keys.get(key)
     if plan is None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys) if keys else None)
         if compiled.post_compile_params:
@@ -70,7 +75,7 @@ def _plan(stmt: Any, keys: tuple[str, ...], dialect: Dialect) -> _Plan:
         results = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returned
         )
-        plan = by_keys[keys] = _Plan(compiled, compiled.string, names, binds, results)
+        plan = by_keys[key] = _Plan(compiled, compiled.string, names, binds, results)
     return plan
 
 
@@ -168,3 +173,25 @@ class DriverConnection:
             ]
             rows.append(row_type(*values))
         return rows
+
+
+def run_on_driver(connection: sa.Connection, fn: Callable[[Any], T]) -> T:
+    """Run `fn` on `connection`'s driver and commit there; roll back if it raises.
+
+    `fn` gets a `DriverConnection` in place of `connection`. The transaction is the driver's:
+    on SQLite the one `begin_immediate` opened, on PostgreSQL the one SQLAlchemy's asyncpg
+    adapter opens at the first statement (none on an autocommit connection, where each
+    statement commits alone). Called in a greenlet there (`AsyncConnection.run_sync`), as the
+    adapter awaits asyncpg through SQLAlchemy's own bridge.
+    """
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    try:
+        result = fn(DriverConnection(dbapi, connection.dialect))
+        dbapi.commit()
+    except BaseException:
+        # A connection that broke cannot roll back; the first error is the one.
+        with contextlib.suppress(Exception):
+            dbapi.rollback()
+        raise
+    return result

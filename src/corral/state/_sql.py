@@ -47,6 +47,7 @@ from corral.errors import CorralError, NotFound, StateError, UsageError
 from corral.messages import Message
 from corral.state import _keys, _rules
 from corral.state import _sql_records as _records
+from corral.state._driver import run_on_driver
 from corral.state._engine import (
     WRITE,
     Backend,
@@ -242,9 +243,13 @@ class SqlStore(AsyncResource):
             return await self._engine.run(fn, write=write)
         if one_statement and self._autocommit is not None:
             async with self._autocommit.connect() as conn:
-                return await conn.run_sync(fn)
-        engine = self._writer if write and self._writer is not None else self._engine
-        async with engine.begin() as conn:
+                return await conn.run_sync(run_on_driver, fn)
+        if write and self._writer is not None:
+            # Writes run on the driver (see _driver.py): the store's statements, compiled by
+            # SQLAlchemy, in the asyncpg adapter's transaction.
+            async with self._writer.connect() as conn:
+                return await conn.run_sync(run_on_driver, fn)
+        async with self._engine.begin() as conn:
             # The statements are plain (sync) SQLAlchemy; run_sync drives them over asyncpg.
             return await conn.run_sync(fn)
 

@@ -39,7 +39,7 @@ from typing import TypeVar, cast
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
-from corral.state._driver import DriverConnection
+from corral.state._driver import run_on_driver
 from corral.state._engine import (
     WRITE,
     PoolOptions,
@@ -136,17 +136,9 @@ class SqliteRunner:
         while True:
             try:
                 conn = self._writer_connection()
-                dbapi = conn.connection.dbapi_connection
                 begin_immediate(conn)
-                try:
-                    # The statements run on the driver (see _driver.py), in this transaction.
-                    result = fn(DriverConnection(dbapi, conn.dialect))  # type: ignore[arg-type]
-                    dbapi.commit()  # type: ignore[union-attr]
-                except BaseException:
-                    # A connection that broke cannot roll back; the first error is the one.
-                    with contextlib.suppress(Exception):
-                        dbapi.rollback()  # type: ignore[union-attr]
-                    raise
+                # The statements run on the driver (see _driver.py), in this transaction.
+                result = run_on_driver(conn, fn)
                 self._written.set()
                 return result
             except sa_exc.DBAPIError as exc:
