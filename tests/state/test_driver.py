@@ -1,5 +1,6 @@
 """`DriverConnection`: the store's Core statements on the sqlite3 driver store and read exactly
-what SQLAlchemy's own execution does."""
+what SQLAlchemy's own execution does. (On PostgreSQL the store's tests run its writes on the
+asyncpg adapter: tests/state/test_sql.py, test_store_conformance.py.)"""
 
 from __future__ import annotations
 
