@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import pytest
@@ -13,23 +13,47 @@ from corral.server._sse import EventStream
 from tests.server.helpers import parse_sse
 
 
-async def _run(log: EventLog, *, after: int = 0) -> list[bytes]:
-    bodies: list[bytes] = []
-    done = asyncio.Event()
+class _Peer:
+    """The ASGI side of a client: records what it is sent, and leaves once the body has ended.
 
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            bodies.append(message["body"])
-            if not message["more_body"]:
-                done.set()
+    With a `log`, each message is recorded with the number of events logged when it came.
+    """
 
-    async def receive() -> dict[str, Any]:
-        await done.wait()
+    def __init__(self, log: EventLog | None = None) -> None:
+        self.sent: list[tuple[str, bytes, int]] = []
+        self._log = log
+        self._ended = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [body for kind, body, _ in self.sent if kind == "http.response.body"]
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        logged = len(self._log) if self._log is not None else 0
+        self.sent.append((message["type"], message.get("body", b""), logged))
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            self._ended.set()
+        self._changed.set()
+
+    async def receive(self) -> dict[str, Any]:
+        await self._ended.wait()
         return {"type": "http.disconnect"}
 
-    response = EventStream(log.read(after=after), ping_s=30)
-    await response({"type": "http"}, receive, send)
-    return bodies
+    async def until(self, seen: Callable[[_Peer], bool]) -> None:
+        """Wait until `seen(self)` holds (checked after each message)."""
+        while not seen(self):
+            self._changed.clear()
+            await self._changed.wait()
+
+    def stream(self, response: EventStream) -> asyncio.Future[None]:
+        return asyncio.ensure_future(response({"type": "http"}, self.receive, self.send))
+
+
+async def _run(log: EventLog, *, after: int = 0) -> list[bytes]:
+    peer = _Peer()
+    await EventStream(log.read(after=after), ping_s=30)({"type": "http"}, peer.receive, peer.send)
+    return peer.bodies
 
 
 async def test_events_already_logged_go_out_in_one_write() -> None:
@@ -104,28 +128,12 @@ async def test_a_cancel_from_outside_still_cancels() -> None:
 async def test_a_quiet_stream_is_pinged_and_then_goes_on() -> None:
     log = EventLog()
     log.append(Started(log.next_seq, "r1", history_len=0))
-    bodies: list[bytes] = []
-    done = asyncio.Event()
-    pinged = asyncio.Event()
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            bodies.append(message["body"])
-            if b": ping" in message["body"]:
-                pinged.set()
-            if not message["more_body"]:
-                done.set()
-
-    async def receive() -> dict[str, Any]:
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    streaming = asyncio.ensure_future(
-        EventStream(log.read(), ping_s=0.01)({"type": "http"}, receive, send)
-    )
-    await asyncio.wait_for(pinged.wait(), 5)
+    peer = _Peer()
+    streaming = peer.stream(EventStream(log.read(), ping_s=0.01))
+    await asyncio.wait_for(peer.until(lambda p: any(b": ping" in b for b in p.bodies)), 5)
     log.append(Cancelled(log.next_seq, "r1", reason="test", started=True))
     await asyncio.wait_for(streaming, 5)
+    bodies = peer.bodies
     events = parse_sse(b"".join(bodies).decode())
     assert [e["id"] for e in events] == [1, 2]
     assert bodies[0].startswith(b"retry: 1000\n\nid: 1\n")
@@ -152,55 +160,30 @@ async def test_a_reader_takes_what_is_there_or_waits_with_a_time_limit() -> None
 
 async def test_the_head_waits_for_the_first_event_to_go_out_with_it() -> None:
     log = EventLog()
-    sent: list[tuple[str, int]] = []  # (message type, events logged when it was sent)
-    done = asyncio.Event()
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append((message["type"], len(log)))
-        if message["type"] == "http.response.body" and not message["more_body"]:
-            done.set()
-
-    async def receive() -> dict[str, Any]:
-        await done.wait()
-        return {"type": "http.disconnect"}
-
+    peer = _Peer(log)
     # The first event is logged a loop turn after the response starts, as a request's task does.
     loop = asyncio.get_running_loop()
     loop.call_soon(lambda: log.append(Started(log.next_seq, "r1", history_len=0)))
     loop.call_later(
         0.01, lambda: log.append(Cancelled(log.next_seq, "r1", reason="t", started=True))
     )
-    await EventStream(log.read(), ping_s=30)({"type": "http"}, receive, send)
+    # Awaited here, not in a task of its own: the response starts before the event is logged.
+    await EventStream(log.read(), ping_s=30)({"type": "http"}, peer.receive, peer.send)
     # No head went out before there was an event to send with it, and the first body follows it.
-    assert sent[0] == ("http.response.start", 1)
-    assert sent[1] == ("http.response.body", 1)
+    (head, _, logged_at_head), (body, _, logged_at_body) = peer.sent[:2]
+    assert (head, logged_at_head) == ("http.response.start", 1)
+    assert (body, logged_at_body) == ("http.response.body", 1)
 
 
 async def test_a_stream_with_nothing_to_say_gets_its_head_at_once_all_the_same() -> None:
     log = EventLog()
-    started = asyncio.Event()
-    bodies: list[bytes] = []
-    done = asyncio.Event()
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            started.set()
-        else:
-            bodies.append(message["body"])
-            if not message["more_body"]:
-                done.set()
-
-    async def receive() -> dict[str, Any]:
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    streaming = asyncio.ensure_future(
-        EventStream(log.read(), ping_s=30)({"type": "http"}, receive, send)
-    )
+    peer = _Peer()
+    streaming = peer.stream(EventStream(log.read(), ping_s=30))
     # Well before the first ping (30 s): the head alone, no body yet.
-    await asyncio.wait_for(started.wait(), 5)
-    assert bodies == []
+    await asyncio.wait_for(peer.until(lambda p: bool(p.sent)), 5)
+    assert [kind for kind, _, _ in peer.sent] == ["http.response.start"]
     log.append(Cancelled(log.next_seq, "r1", reason="test", started=False))
     await asyncio.wait_for(streaming, 5)
+    bodies = peer.bodies
     assert [e["id"] for e in parse_sse(b"".join(bodies).decode())] == [1]
     assert bodies[0].startswith(b"retry: 1000\n\nid: 1\n")
