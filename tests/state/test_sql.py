@@ -592,6 +592,32 @@ async def test_postgres_writes_run_on_the_driver_and_reads_through_sqlalchemy(
         await store.aclose()
 
 
+async def test_postgres_a_connection_lost_under_a_write_is_not_lent_again(
+    fresh_postgres_url: str,
+) -> None:
+    """Writes run on the driver: a lost connection is still invalidated, as SQLAlchemy would."""
+    store = await SqlStore.connect(fresh_postgres_url, upgrade=True, pool_size=1, max_overflow=0)
+    admin = create_async_engine(fresh_postgres_url, poolclass=sa.NullPool)
+    try:
+        tenant = await store.create_tenant("acme")
+        session = await store.create_session(tenant.id)
+        async with admin.connect() as conn:  # the server drops the pool's one connection
+            await conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'corral'"
+                )
+            )
+        with pytest.raises(StateError):  # in use moments ago: lent unpinged, and it fails
+            await store.append_messages(tenant.id, session.id, None, [Message.user("lost")])
+        # The next write gets a new connection, and nothing of the failed one was kept.
+        assert await store.append_messages(tenant.id, session.id, None, [Message.user("ok")]) == [1]
+        assert store.statistics().idle
+    finally:
+        await admin.dispose()
+        await store.aclose()
+
+
 async def test_postgres_a_connection_the_server_dropped_is_replaced(
     fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

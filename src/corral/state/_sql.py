@@ -242,13 +242,9 @@ class SqlStore(AsyncResource):
         if isinstance(self._engine, SqliteRunner):
             return await self._engine.run(fn, write=write)
         if one_statement and self._autocommit is not None:
-            async with self._autocommit.connect() as conn:
-                return await conn.run_sync(run_on_driver, fn)
+            return await _on_driver(self._autocommit, fn)
         if write and self._writer is not None:
-            # Writes run on the driver (see _driver.py): the store's statements, compiled by
-            # SQLAlchemy, in the asyncpg adapter's transaction.
-            async with self._writer.connect() as conn:
-                return await conn.run_sync(run_on_driver, fn)
+            return await _on_driver(self._writer, fn)
         async with self._engine.begin() as conn:
             # The statements are plain (sync) SQLAlchemy; run_sync drives them over asyncpg.
             return await conn.run_sync(fn)
@@ -680,6 +676,24 @@ class SqlStore(AsyncResource):
             await self._engine.aclose()
         else:
             await self._engine.dispose()
+
+
+async def _on_driver(engine: AsyncEngine, fn: Callable[[sa.Connection], T]) -> T:
+    """Run a PostgreSQL write on the driver (see _driver.py).
+
+    The store's statements, compiled by SQLAlchemy, in the asyncpg adapter's transaction (none on
+    an autocommit engine).
+    """
+    async with engine.connect() as conn:
+        try:
+            return await conn.run_sync(run_on_driver, fn)
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                # The connection is lost: not lent again, as SQLAlchemy's own execution does.
+                # (Other pooled ones that went with it fail once each, or their idle ping
+                # replaces them first: `ping_when_idle`.)
+                await conn.invalidate(exc)
+            raise
 
 
 async def _run_to_end(work: Coroutine[Any, Any, T]) -> T:
