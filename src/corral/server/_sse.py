@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from corral._json import dumps
 from corral.agent import Event, EventReader, TerminalEvent
 
-__all__ = ["EventStream", "frame", "last_event_id"]
+__all__ = ["EventStream", "encode_frame", "frame", "last_event_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,12 @@ _HEAD_WAIT_S = 0.05
 
 def frame(event: Event) -> bytes:
     """Return the SSE frame of one event (JSON data on one line)."""
-    return b"id: %d\nevent: %b\ndata: %b\n\n" % (
-        event.seq,
-        event.kind.encode(),
-        dumps(event.to_dict()),
-    )
+    return encode_frame(event.seq, event.kind, event.to_dict())
+
+
+def encode_frame(seq: int, kind: str, data: object) -> bytes:
+    """Return an SSE frame: `id` the seq, `event` the kind, `data` the JSON of `data`."""
+    return b"id: %d\nevent: %b\ndata: %b\n\n" % (seq, kind.encode(), dumps(data))
 
 
 def last_event_id(header: str | None, after: int | None) -> int:

@@ -27,9 +27,12 @@ from typing import Any
 import uvicorn
 
 from corral._json import dumps, loads
-from corral.cli.bench_server._tools import TOOL_WAIT_S
+from corral.cli.bench_server import _tools
 from corral.providers._wire import WireClient
+from corral.providers.base import ToolSpec
+from corral.providers.openai import to_openai_tools
 from corral.server._http import CoalescingHTTPProtocol
+from corral.server._sse import encode_frame
 from corral.server.settings import ServerSettings
 
 __all__ = ["FloorApp", "main"]
@@ -38,26 +41,12 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# The tools as corral's OpenAI provider declares them, so the model's request is as large.
-_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": f"{name.capitalize()} two integers.",
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                "required": ["a", "b"],
-                "additionalProperties": False,
-            },
-        },
-    }
-    for name in ("add", "multiply")
-]
-_TOOL_FUNCTIONS: dict[str, Callable[[int, int], int]] = {
-    "add": lambda a, b: a + b,
-    "multiply": lambda a, b: a * b,
+# The bench agent's own tools: declared as corral's OpenAI provider declares them (so the model's
+# request is as large), and called as plain coroutines, with no registry or scheduler between.
+_TOOLS = to_openai_tools(tuple(ToolSpec.of(tool) for tool in _tools.registry))
+_TOOL_FUNCTIONS: dict[str, Callable[[int, int], Awaitable[int]]] = {
+    "add": _tools.add,
+    "multiply": _tools.multiply,
 }
 
 
@@ -121,8 +110,8 @@ class FloorApp:
         seq = itertools.count(1)
 
         async def event(kind: str, data: dict[str, Any], *, last: bool = False) -> None:
-            frame = b"id: %d\nevent: %b\ndata: %b\n\n" % (next(seq), kind.encode(), dumps(data))
-            await send({"type": "http.response.body", "body": frame, "more_body": not last})
+            body = encode_frame(next(seq), kind, data)
+            await send({"type": "http.response.body", "body": body, "more_body": not last})
 
         await event("started", {"type": "started"})
         messages: list[dict[str, Any]] = [{"role": "user", "content": message}]
@@ -167,8 +156,7 @@ class FloorApp:
 async def _tool(call: dict[str, Any]) -> int:
     function = call["function"]
     args = loads(function["arguments"])
-    await asyncio.sleep(TOOL_WAIT_S)
-    return _TOOL_FUNCTIONS[function["name"]](int(args["a"]), int(args["b"]))
+    return await _TOOL_FUNCTIONS[function["name"]](int(args["a"]), int(args["b"]))
 
 
 async def _body(receive: Receive) -> bytes:

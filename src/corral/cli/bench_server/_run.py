@@ -733,24 +733,24 @@ async def _instructions(
             env["CORRAL_DATA_DIR"] = str(data)
             env["CORRAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{data / 'corral.db'}"
         key = await _create_key(env["CORRAL_DATABASE_URL"])
-        model_argv = _model_argv(model_port, options)
-        under = f"{'fake model' if count_model else 'corral serve'} under callgrind"
         async with contextlib.AsyncExitStack() as stack:
-            if count_model:
-                grind = await stack.enter_async_context(Callgrind.run(under, model_argv, root))
-                model = grind.process
-                server = await stack.enter_async_context(
-                    _process(f"{name} server", argv, root / f"{name}-server.log", env)
-                )
-            else:
-                model = await stack.enter_async_context(
-                    _process(f"{name} model", model_argv, root / f"{name}-model.log")
-                )
-                grind = await stack.enter_async_context(Callgrind.run(under, argv, root, env))
-                server = grind.process
+            counted: list[Callgrind] = []
+
+            async def start(
+                what: str, argv: list[str], env: dict[str, str] | None, count: bool
+            ) -> _Process:
+                if count:
+                    grind = Callgrind.run(f"{what} under callgrind", argv, root, env)
+                    counted.append(await stack.enter_async_context(grind))
+                    return counted[-1].process
+                log = root / f"{name}-{what.replace(' ', '-')}.log"
+                return await stack.enter_async_context(_process(f"{name} {what}", argv, log, env))
+
+            model = await start("fake model", _model_argv(model_port, options), None, count_model)
+            server = await start("server", argv, env, not count_model)
             await _wait_until_up(http, f"{model_url}/stats", model, CALLGRIND_START_TIMEOUT_S)
             await _wait_until_up(http, f"{base_url}/readyz", server, CALLGRIND_START_TIMEOUT_S)
-            yield _Client(http, base_url, key), grind
+            yield _Client(http, base_url, key), counted[0]
 
     async def count(name: str, *, count_model: bool) -> float:
         async with pair(name, count_model=count_model) as (client, grind):
